@@ -1,0 +1,3 @@
+"""decnef runtime: ingest, realignment, engine, transport and the `decnef` command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The `decnef` command line: the front door to every role."""

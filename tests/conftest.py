@@ -1,0 +1,52 @@
+"""Shared fixtures.
+
+`shared_data` is the one way tests find the real third-party data in ../shared/data (or
+$DECNEF_SHARED_DATA). Where it is missing, tests that need it are skipped on a developer's
+machine but fail in CI (CI=true), because a CI run that silently skips real-data tests checks
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_shared_data() -> Path | None:
+    env = os.environ.get("DECNEF_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "dicom").is_dir() and (c / "task_bold").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    found = _find_shared_data()
+    if found is None:
+        msg = "real test data not found: expected ../shared/data beside the repo or $DECNEF_SHARED_DATA"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return found
+
+
+@pytest.fixture(scope="session")
+def dicom_dir(shared_data: Path) -> Path:
+    return shared_data / "dicom"
+
+
+@pytest.fixture(scope="session")
+def studyforrest_dir(shared_data: Path) -> Path:
+    return shared_data / "task_bold" / "studyforrest_visloc_philips_run1"
+
+
+@pytest.fixture(scope="session")
+def haxby_dir(shared_data: Path) -> Path:
+    return shared_data / "task_bold" / "haxby2001_pymvpa_1slice"

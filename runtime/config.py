@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import tomllib
 from msgspec import Meta
 
 from runtime.errors import ConfigError
@@ -317,7 +317,7 @@ def _check_consistency(cfg: SessionConfig, origin: str) -> None:
                 f"{origin}: key 'protocol.trial_onsets': got {len(p.trial_onsets)} onsets; "
                 f"expected one per trial (protocol.n_trials = {p.n_trials})"
             )
-        if any(b <= a for a, b in zip(p.trial_onsets, p.trial_onsets[1:])):
+        if any(b <= a for a, b in zip(p.trial_onsets, p.trial_onsets[1:], strict=False)):
             raise ConfigError(f"{origin}: key 'protocol.trial_onsets': expected increasing scan numbers")
     if cfg.geometry.shape and len(cfg.geometry.shape) != 3:
         raise ConfigError(f"{origin}: key 'geometry.shape': got {cfg.geometry.shape!r}; expected 3 integers")

@@ -1,0 +1,21 @@
+"""DICOM ingest and writing: every vendor layout -> `runtime.volume.Volume`.
+
+parse_file (one file -> DicomPart), VolumeAssembler (online: parts in, complete volumes out),
+read_series (offline: a folder -> volumes), write_series / volume_to_datasets (volumes -> real
+DICOM files for replay). Pixel scaling conventions: see runtime.dicom.scaling; array/affine
+conventions: see runtime.dicom.affine.
+"""
+
+from runtime.dicom.assemble import VolumeAssembler, assemble_parts, build_volume, read_series
+from runtime.dicom.parse import parse_file
+from runtime.dicom.part import DicomPart, Frame
+
+__all__ = [
+    "DicomPart",
+    "Frame",
+    "VolumeAssembler",
+    "assemble_parts",
+    "build_volume",
+    "parse_file",
+    "read_series",
+]

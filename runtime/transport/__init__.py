@@ -5,7 +5,13 @@ Lazy-Pirate replay requests, so every receiver gets every seq exactly once and i
 slow joins, high-water-mark drops and restarts of either side. See `publisher` and `subscriber`.
 """
 
-from runtime.transport.curve import CurveKeys, generate_keys, load_client_keys, load_server_keys
+from runtime.transport.curve import (
+    CurveKeys,
+    generate_keys,
+    load_client_keys,
+    load_keys,
+    load_server_keys,
+)
 from runtime.transport.journal import Journal, JournalError, MemoryJournal, journal_path
 from runtime.transport.publisher import ReliablePublisher
 from runtime.transport.subscriber import ReliableSubscriber
@@ -20,5 +26,6 @@ __all__ = [
     "generate_keys",
     "journal_path",
     "load_client_keys",
+    "load_keys",
     "load_server_keys",
 ]

@@ -106,3 +106,15 @@ def load_client_keys(folder: Path) -> CurveKeys:
     if sec is None:
         raise UserError(f"{folder / 'client.key_secret'}: holds no secret key")
     return CurveKeys(server_public=server_pub, client_public=pub, client_secret=sec)
+
+
+def load_keys(folder: str | Path | None, role: str) -> CurveKeys | None:
+    """Keys for `role` ("server" = publisher, "client" = subscriber) from `endpoints.curve_keys`;
+    None when no folder is configured (loopback without encryption)."""
+    if not folder:
+        return None
+    if role == "server":
+        return load_server_keys(Path(folder))
+    if role == "client":
+        return load_client_keys(Path(folder))
+    raise ValueError(f"role must be 'server' or 'client', got {role!r}")

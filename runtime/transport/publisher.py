@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -38,6 +39,20 @@ REQ_MAGIC = b"RPLY1"
 REQ = struct.Struct("<QqqI")
 MAX_BATCH = 64
 """Messages sent per replay request at most (the receiver asks again for more)."""
+
+
+def _bind(sock: zmq.Socket, endpoint: str, patience: float = 3.0) -> None:
+    """Bind, retrying briefly while a previous owner of the port (a publisher closed a moment ago
+    in this process, whose socket libzmq closes asynchronously) still holds it."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 class ReliablePublisher:
@@ -87,7 +102,7 @@ class ReliablePublisher:
         if curve is not None:
             curve.apply_server(self._pub)
         try:
-            self._pub.bind(pub_endpoint)
+            _bind(self._pub, pub_endpoint)
         except zmq.ZMQError as exc:
             self._pub.close(0)
             self.journal.close()
@@ -147,7 +162,7 @@ class ReliablePublisher:
         if self._curve is not None:
             self._curve.apply_server(router)
         try:
-            router.bind(self.replay_endpoint)
+            _bind(router, self.replay_endpoint)
         except zmq.ZMQError as exc:
             self._bind_error = exc
             router.close(0)

@@ -37,6 +37,10 @@ Payload = memoryview | bytes | None
 _ids = itertools.count(1)
 
 
+class _SeqOnly(msgspec.Struct):
+    seq: int
+
+
 class _Info(msgspec.Struct):
     last: int
     first: int
@@ -87,7 +91,7 @@ class ReliableSubscriber:
         self._dealer: zmq.Socket | None = None
         self._poller = zmq.Poller()
         self._poller.register(self._sub, zmq.POLLIN)
-        self._pending: dict[int, tuple[bytes, AnyHeader, Payload]] = {}
+        self._pending: dict[int, tuple[bytes, AnyHeader | None, Payload]] = {}
         self._ready: deque[tuple[bytes, AnyHeader, Payload]] = deque()
         self._epoch: str | None = None
         self._req: tuple[int, int, int] | None = None  # (req_id, start, end)
@@ -176,12 +180,21 @@ class ReliableSubscriber:
 
     # -- merge -----------------------------------------------------------------------------
     def _accept(self, topic: bytes, raw: bytes, payload: Payload, *, replayed: bool) -> None:
-        header = decode_header(raw)
-        seq = header.seq
+        try:
+            seq = msgspec.json.decode(raw, type=_SeqOnly).seq
+        except msgspec.DecodeError:
+            log.error("message without a readable seq on %s ignored", self.pub_endpoint)
+            return
         if seq < self.next_seq or seq in self._pending:
             if not replayed and seq < self.next_seq - 1:
                 self._want_check = True  # maybe a publisher restarted without journal
             return
+        try:
+            header: AnyHeader | None = decode_header(raw)
+        except msgspec.DecodeError as exc:
+            # keep the seq accounted for (or it would be fetched forever) but deliver nothing
+            log.error("seq %d on %s has an invalid header (%s); skipped", seq, self.pub_endpoint, exc)
+            header = None
         if replayed:
             self.replayed += 1
         self._pending[seq] = (topic, header, payload)
@@ -191,7 +204,7 @@ class ReliableSubscriber:
         while self.next_seq in self._pending:
             item = self._pending.pop(self.next_seq)
             self.next_seq += 1
-            if self.topics is None or item[0] in self.topics:
+            if item[1] is not None and (self.topics is None or item[0] in self.topics):
                 self._ready.append(item)
         # anything below next_seq left in pending (after a skip) is stale
         for s in [s for s in self._pending if s < self.next_seq]:

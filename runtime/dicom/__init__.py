@@ -9,6 +9,13 @@ conventions: see runtime.dicom.affine.
 from runtime.dicom.assemble import VolumeAssembler, assemble_parts, build_volume, read_series
 from runtime.dicom.parse import parse_file
 from runtime.dicom.part import DicomPart, Frame
+from runtime.dicom.write import (
+    SeriesSpec,
+    dataset_bytes,
+    volume_to_datasets,
+    write_dataset,
+    write_series,
+)
 
 __all__ = [
     "DicomPart",
@@ -18,4 +25,9 @@ __all__ = [
     "build_volume",
     "parse_file",
     "read_series",
+    "SeriesSpec",
+    "dataset_bytes",
+    "volume_to_datasets",
+    "write_dataset",
+    "write_series",
 ]

@@ -77,6 +77,21 @@ def tm_seconds(tm) -> float | None:
     return hh * 3600.0 + mm * 60.0 + ss
 
 
+def _siemens_time_after_start(fg: Dataset) -> float | None:
+    """XA per-frame TimeAfterStart (0021,1104) in s, in the private item (0021,11FE) of block
+    "SIEMENS MR SDI 02". dcm2niix takes slice timing from it; FrameAcquisitionDateTime is
+    rounded differently (up to 2.5 ms off)."""
+    creator = fg.get((0x0021, 0x0011))
+    if creator is None or str(creator.value).strip() != "SIEMENS MR SDI 02":
+        return None
+    it = item(fg, (0x0021, 0x11FE))
+    v = _value(it, (0x0021, 0x1104))
+    try:
+        return float(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def enhanced_frames(ds: Dataset, raw: np.ndarray, manufacturer: str, path: str):
     """Split an enhanced file into frames.
 
@@ -152,7 +167,8 @@ def enhanced_frames(ds: Dataset, raw: np.ndarray, manufacturer: str, path: str):
         if b != 0.0:
             px += np.float32(b)
         t = datetime_seconds(_value(fc, (0x0018, 0x9074)) or _value(fc, (0x0018, 0x9151)))
-        frames.append(Frame(vol, px, pos, slice_time=t if siemens else None, acq_time=t))
+        st = (_siemens_time_after_start(fg) or t) if siemens else None
+        frames.append(Frame(vol, px, pos, slice_time=st, acq_time=t))
 
     timing = item(shared, MR_TIMING)
     tr = _value(timing, (0x0018, 0x0080)) or _value(ds, (0x0018, 0x0080))

@@ -261,14 +261,15 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
 
 
 def _slice_time(ds: Dataset, part: DicomPart) -> float | None:
-    """Per-slice time for per-slice vendors: GE RTIA timer, else TriggerTime (ms), else None."""
+    """Per-slice time for per-slice vendors: GE RTIA timer, else TriggerTime (ms), else None.
+
+    All-equal times (Philips writes TriggerTime 0 everywhere) are dropped by the assembler."""
     if slices.is_ge(part.manufacturer):
         rtia = _float(ds, (0x0021, 0x105E))
         if rtia is not None:
             return rtia  # units fixed up per volume by the assembler
-        tt = _float(ds, (0x0018, 0x1060))
-        return tt / 1000.0 if tt is not None else None
-    return None
+    tt = _float(ds, (0x0018, 0x1060))
+    return tt / 1000.0 if tt is not None else None
 
 
 def _fill_enhanced(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:

@@ -154,6 +154,10 @@ class AgentConfig(_Section):
     inverse_temperature: NonNegFloat = 4.0
     epsilon: Annotated[float, Meta(ge=0, le=1)] = 0.1
     reward: Literal["likelihood", "binary"] = "likelihood"
+    initial_value: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    """Q learner: starting value of every option."""
+    thompson_discount: Annotated[float, Meta(gt=0, le=1)] = 0.9
+    """Thompson learner: evidence kept per update (1 = stationary; < 1 re-adapts after reversals)."""
     seed: int = 0
 
 
@@ -163,15 +167,28 @@ class StimulatorConfig(_Section):
     """Serial port (tcs2)."""
     host: str = "127.0.0.1"
     tcp_port: Annotated[int, Meta(ge=1, le=65535)] = 20121
+    # Bounds below mirror the hard-coded envelope in stimulus/devices/limits.py (runtime/ may
+    # not import stimulus/); SafetyLimits.from_config re-checks them, tests keep them equal.
     baseline_c: Annotated[float, Meta(ge=20, le=40)] = 32.0
-    high_c: float = 46.0
-    low_c: float = 40.0
-    plateau_s: PosFloat = 2.0
-    max_temperature_c: float = 50.0
-    """Lowers the hard-coded ceiling; can never raise it."""
-    min_isi_s: NonNegFloat = 10.0
-    budget_s: NonNegFloat = 120.0
-    """Total seconds above baseline+2 °C allowed per run."""
+    high_c: Annotated[float, Meta(ge=10, le=52)] = 46.0
+    low_c: Annotated[float, Meta(ge=10, le=52)] = 40.0
+    plateau_s: Annotated[float, Meta(gt=0, le=30)] = 2.0
+    """Plateau (time held at the level, ramps excluded); at most 2 s above 48 °C."""
+    max_temperature_c: Annotated[float, Meta(gt=20, le=52)] = 50.0
+    """Lowers the hard-coded ceiling (52 °C); can never raise it."""
+    min_isi_s: Annotated[float, Meta(ge=5)] = 10.0
+    """Onset-to-onset interval; may be raised, never below the hard minimum of 5 s."""
+    budget_s: Annotated[float, Meta(ge=0, le=300)] = 120.0
+    """Total seconds above baseline+2 °C allowed per run (hard maximum 300 s)."""
+    rise_rate_c_s: Annotated[float, Meta(gt=0, le=100)] = 30.0
+    return_rate_c_s: Annotated[float, Meta(gt=0, le=100)] = 30.0
+    watchdog_tr: Annotated[float, Meta(gt=0, le=10)] = 2.0
+    """Watchdog timeout in TRs: nothing fed for this long returns the device to baseline."""
+    medoc_byte_order: Literal["big", "little"] = "big"
+    """Byte order of the Medoc length prefix (sources disagree; verify with your MMS)."""
+    medoc_program_high: Annotated[int, Meta(ge=0, le=255)] = 1
+    """Medoc test program (defined on the MMS) delivering high_c."""
+    medoc_program_low: Annotated[int, Meta(ge=0, le=255)] = 2
 
 
 class EndpointsConfig(_Section):
@@ -327,6 +344,14 @@ def _check_consistency(cfg: SessionConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: key 'agent.p_high': got {len(cfg.agent.p_high)} values; expected agent.n_options = {cfg.agent.n_options}"
         )
+    st = cfg.stimulator
+    for key in ("high_c", "low_c"):
+        if getattr(st, key) > st.max_temperature_c:
+            raise ConfigError(
+                f"{origin}: key 'stimulator.{key}': got {getattr(st, key)!r}; expected <= stimulator.max_temperature_c = {st.max_temperature_c}"
+            )
+    if st.high_c > 48 and st.plateau_s > 2:
+        raise ConfigError(f"{origin}: key 'stimulator.plateau_s': got {st.plateau_s!r}; expected <= 2 s when stimulator.high_c > 48 °C")
     if len(cfg.simulation.shape) != 3 or len(cfg.simulation.voxel_size_mm) != 3:
         raise ConfigError(f"{origin}: key 'simulation.shape'/'simulation.voxel_size_mm': expected 3 values each")
 

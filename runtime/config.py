@@ -225,10 +225,21 @@ class TrainConfig(_Section):
     rest_class: str = ""
     """Name for volumes outside any event (empty = not used)."""
     hrf_delay_s: NonNegFloat = 4.0
+    """Events are shifted by this (rounded to whole scans) to give each sample's scan window."""
     window_scans: PosInt = 3
+    """Scans averaged per sample: a block is cut into consecutive windows of this length
+    (1 = one sample per volume)."""
+    discard_scans: NonNegInt = 0
+    """Scans at the start of each localizer run that are never used (as protocol.discard_scans)."""
+    baseline_scans: NonNegInt = 0
+    """Baseline (z-score) scans after the discarded ones; 0 = every scan before the first event."""
+    n_voxels: NonNegInt = 0
+    """Keep the top-k voxels (ANOVA F, chosen inside each training fold); 0 = all mask voxels."""
     split: Literal["runs", "halves", "blocks"] = "runs"
     train_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.5
     """With one run and split = "halves": the first fraction trains, the rest is held out."""
+    max_folds: Annotated[int, Meta(ge=2)] = 10
+    """split = "blocks": blocks are dealt round-robin (in time order) into at most this many folds."""
     estimator: Literal["slr", "smlr", "l1", "l2", "svm", "roi_mean"] = "slr"
     n_iter: PosInt = 300
     n_permutations: NonNegInt = 100

@@ -221,6 +221,14 @@ def assemble_parts(parts: list[DicomPart], label: str = "") -> list[Volume]:
             log.warning("%s: volume %d has %d of %d slices; skipped", label, idx, len(by_vol[idx]), full)
             continue
         vols.append(build_volume(idx, list(by_vol[idx].values()), ref[idx]))
+    # Slice timing is a property of the sequence: volumes whose header lacks it (e.g. the
+    # first volume of GE epiRT) take the pattern the other volumes agree on.
+    patterns = Counter(v.slice_times for v in vols if v.slice_times is not None)
+    if patterns:
+        common = patterns.most_common(1)[0][0]
+        for v in vols:
+            if v.slice_times is None and len(common) == v.shape[2]:
+                v.slice_times = common
     return vols
 
 

@@ -104,7 +104,7 @@ def _read(path: str) -> Dataset:
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError as exc:
-        raise IncompleteFile(f"{path}: file vanished while reading") from exc
+        raise DicomError(f"{path}: no such file") from exc
     except OSError as exc:
         raise DicomError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not data:
@@ -267,7 +267,9 @@ def _slice_time(ds: Dataset, part: DicomPart) -> float | None:
     if slices.is_ge(part.manufacturer):
         rtia = _float(ds, (0x0021, 0x105E))
         if rtia is not None:
-            return rtia  # units fixed up per volume by the assembler
+            # Exactly 0 means "not set" (all zero on DV26; scattered zeros in the first volume
+            # of DV28 epiRT). Units (s or 100 us) are fixed up per volume by the assembler.
+            return rtia if rtia != 0.0 else None
     tt = _float(ds, (0x0018, 0x1060))
     return tt / 1000.0 if tt is not None else None
 

@@ -50,7 +50,7 @@ def format_field(value: float, lo: int, hi: int, width: int) -> str:
         raise DeviceError(f"tcs2: refusing to format non-finite value {value!r}")
     if len(str(hi)) > width:
         raise ValueError(f"field range {lo}..{hi} does not fit {width} digits")
-    clamped = min(max(int(round(value)), lo), hi)
+    clamped = int(round(min(max(float(value), lo), hi)))  # clamp first: huge floats overflow int()
     text = f"{clamped:0{width}d}"
     assert len(text) == width and text.isdigit(), text
     return text
@@ -163,7 +163,7 @@ class TCS2Stimulator(Stimulator):
             raise DeviceError(f"tcs2: refusing non-finite stimulus ({level_c!r} °C, {duration_s!r} s)")
         ceiling = tenths_ceiling(min(lim.max_temperature_c, ABSOLUTE_MAX_C))
         floor_ = max(int(math.ceil(lim.min_temperature_c * 10 - 1e-6)), TEMP_FIELD[0])
-        c_field = format_field(min(max(round(level_c * 10), floor_), ceiling), *TEMP_FIELD, 3)
+        c_field = format_field(min(max(level_c * 10, floor_), ceiling), *TEMP_FIELD, 3)
         level = int(c_field) / 10.0
         plateau = min(max(duration_s, 0.0), lim.max_plateau_s)
         if level > PLATEAU_BOUND_C:

@@ -133,6 +133,7 @@ class Streamer:
         self._batches = 0
         self._last_activity = time.monotonic()
         self._ignored_logged = False
+        self._dup_logged: set[tuple[int, ...]] = set()
         self.ended = False
         locked, next_index, gaps = self._restore()
         self.sequencer = Sequencer(scanner.gap_timeout, next_index=next_index, gaps=gaps)
@@ -225,7 +226,7 @@ class Streamer:
         idx = part.volume_indices
         if part.sop_uid and part.sop_uid in self._seen_sops:
             self.stats.duplicates += 1
-            log.info("%s: duplicate of SOP instance already received (volume %s); dropped", os.path.basename(path), idx)
+            self._log_dup("%s: duplicate of SOP instance already received (volume %s); dropped", os.path.basename(path), idx)
             self.ledger.add("duplicate", idx[0] if idx else None, [path])
             return
         seq = self.sequencer
@@ -237,7 +238,7 @@ class Streamer:
                 self.ledger.add("late", idx[0], [path])
             else:
                 self.stats.duplicates += 1
-                log.info("%s: another file for volume %s, already complete; dropped", os.path.basename(path), idx)
+                self._log_dup("%s: another file for volume %s, already complete; dropped", os.path.basename(path), idx)
                 self.ledger.add("duplicate", idx[0], [path])
             return
         if part.sop_uid:
@@ -256,6 +257,13 @@ class Streamer:
                 self.ledger.add("late", vol.index, self._files.pop(vol.index, []))
                 continue
             self._do(seq.offer(vol, t_parsed, time.monotonic()))
+
+    def _log_dup(self, msg: str, name: str, idx: list[int]) -> None:
+        """First duplicate file of a volume at INFO, the rest (other slices) at DEBUG."""
+        key = tuple(idx)
+        level = logging.DEBUG if key in self._dup_logged else logging.INFO
+        self._dup_logged.add(key)
+        log.log(level, msg, name, idx)
 
     def _do(self, actions: list[Action]) -> None:
         for a in actions:

@@ -1,0 +1,295 @@
+"""Rigid (6-DOF) realignment of one volume to a fixed reference, fast enough for every TR.
+
+Method (METHOD.md §4.1, E20, solved inverse-compositionally): minimise
+    sum_i w_i [ f(W(x_i; dp)) - s * g(M x_i) ]^2
+over a small rigid update dp of the current estimate M (reference world -> moving world), where
+f is the lightly smoothed reference sampled at fixed brain voxels x_i, g the moving volume
+smoothed the same way (FWHM in mm, so grids may differ) and sampled trilinearly, and
+s = sum f / sum g the intensity scale (as SPM's). Because the linearisation is taken on the
+*reference* (inverse compositional, Baker & Matthews 2004), the Jacobian J_i = grad f(x_i) dW/dp
+and the Gauss-Newton Hessian J^T J are computed once per reference; each iteration is then one
+pass over the points (`kernels.gn_sums`) plus a 6x6 solve, and M <- M W(dp)^-1.
+
+Points that leave the moving field of view are dropped from the sums and their Hessian terms
+subtracted, so partial overlap stays exact. Convergence: the 8 corners of the mask's bounding
+box move less than `tolerance_mm` between iterations. A coarse level (stronger smoothing,
+every other voxel) starts a cold start and rescues a fine-level failure (no convergence within
+`max_iterations`, or too little overlap), which recovers motion of 10 mm / 10 degrees.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from runtime.realign import kernels as K
+from runtime.realign.mask import head_mask
+from runtime.realign.params import matrix_to_params, small_rigid
+
+# Gaussian pre-smoothing (FWHM, mm) of the fine level: none (the B-spline sampling blur is
+# matched exactly on the reference side). Coarse levels: (FWHM mm, decimation factor).
+FINE_FWHM_MM = 0.0
+COARSE_LEVELS = ((8.0, 2), (12.0, 4))
+# Fraction of the points that must overlap the moving volume for a step to be trusted.
+MIN_OVERLAP = 0.3
+# Cap on the number of fine-level points (the most informative are kept); time per iteration is
+# linear in it, the noise-limited error about 1/sqrt of it.
+MAX_FINE_POINTS = 10000
+# A coarse level only has to land inside the fine level's basin.
+COARSE_TOLERANCE_MM = 0.05
+# Give up on a level (fall back to coarse) when a step shrinks by less than this.
+STALL_RATIO = 0.7
+_FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
+
+
+@dataclass
+class RealignResult:
+    matrix: np.ndarray
+    """4x4: maps a point in the moving volume's world (RAS mm) onto the same anatomical point
+    in the reference's world."""
+    params: np.ndarray
+    """(6,) trans_x, trans_y, trans_z (mm), rot_x, rot_y, rot_z (rad) of `matrix`:
+    matrix = Translate(trans) @ Rx(rot_x) @ Ry(rot_y) @ Rz(rot_z) (runtime.realign.params)."""
+    iterations: int
+    """Gauss-Newton iterations over all levels used for this volume."""
+    converged: bool
+    elapsed_ms: float
+
+
+def _zooms(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def _decimation(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
+    # never decimate an axis into fewer than 8 samples (thin slabs keep their slices)
+    return tuple(factor if n // factor >= 8 else 1 for n in shape[:3])  # type: ignore[return-value]
+
+
+def _smoothing_kernels(affine: np.ndarray, fwhm_mm: float) -> tuple[np.ndarray, ...]:
+    sig = fwhm_mm * _FWHM_TO_SIGMA / _zooms(affine)
+    return tuple(K.gaussian_kernel(float(s)) for s in sig)
+
+
+def _rigid_inverse(m: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    rt = m[:3, :3].T
+    out[:3, :3] = rt
+    out[:3, 3] = -rt @ m[:3, 3]
+    return out
+
+
+class _Level:
+    """Everything about the reference at one pyramid level, computed once."""
+
+    def __init__(self, ref: np.ndarray, affine: np.ndarray, mask: np.ndarray, fwhm_mm: float,
+                 factor: int, centre: np.ndarray, max_points: int | None) -> None:
+        self.fwhm_mm = fwhm_mm
+        self.factor = factor
+        dec = _decimation(ref.shape, factor)
+        base = _smooth(np.ascontiguousarray(ref, np.float32), _smoothing_kernels(affine, fwhm_mm))
+        sl = tuple(slice(None, None, d) for d in dec)
+        base = np.ascontiguousarray(base[sl])
+        m = mask[sl]
+        self.affine = affine @ np.diag([dec[0], dec[1], dec[2], 1.0])
+        # f and its exact gradient under cubic B-spline sampling (see kernels._bspline3)
+        b, d = K.BSPLINE3_AT_INTEGERS, K.CENTRAL_DIFFERENCE
+        f = _smooth(base, (b, b, b))
+        grads = [_smooth(base, ks) for ks in ((d, b, b), (b, d, b), (b, b, d))]
+        ijk = np.argwhere(m)
+        idx = tuple(ijk.T)
+        gvox = np.stack([g[idx] for g in grads], axis=1).astype(np.float64)
+        gworld = gvox @ np.linalg.inv(self.affine[:3, :3])  # row form of inv(A)^T @ grad
+        xw = ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        jac = np.hstack([gworld, np.cross(xw - centre, gworld)])
+        if max_points is not None and len(ijk) > max_points:
+            # keep the most informative points (largest leverage J_i H^-1 J_i^T), in the spirit
+            # of SPM's `quality`: they carry most of the Fisher information about the 6 params
+            lev = np.einsum("ij,jk,ik->i", jac, np.linalg.inv(jac.T @ jac), jac)
+            keep = np.sort(np.argsort(lev)[-max_points:])
+            ijk, jac = ijk[keep], jac[keep]
+            idx = tuple(ijk.T)
+        self.n_points = len(ijk)
+        self.pts = np.empty((len(ijk), K.PT_COLS), np.float32)
+        self.pts[:, :3] = ijk
+        self.pts[:, 3] = f[idx]
+        self.pts[:, 4:] = jac
+        j32 = self.pts[:, 4:].astype(np.float64)  # what the kernel will actually read
+        self.hess = j32.T @ j32
+        self.jf = j32.T @ self.pts[:, 3].astype(np.float64)
+        self.triu = np.triu_indices(6)
+        self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._kern: tuple[np.ndarray, ...] = ()
+
+    def moving(self, vol: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The moving volume smoothed (FWHM in mm) and decimated like this level's reference."""
+        if self.fwhm_mm <= 0 and self.factor == 1:
+            return vol, affine
+        key = (vol.shape, tuple(np.round(_zooms(affine), 6)))
+        if key not in self._scratch:
+            self._scratch.clear()
+            self._scratch[key] = (np.empty(vol.shape, np.float32), np.empty(vol.shape, np.float32))
+            self._kern = _smoothing_kernels(affine, self.fwhm_mm)
+        dst, tmp = self._scratch[key]
+        K.smooth3(vol, dst, tmp, *self._kern)
+        dec = _decimation(vol.shape, self.factor)
+        if dec == (1, 1, 1):
+            return dst, affine
+        out = np.ascontiguousarray(dst[:: dec[0], :: dec[1], :: dec[2]])
+        return out, affine @ np.diag([dec[0], dec[1], dec[2], 1.0])
+
+
+def _smooth(vol: np.ndarray, kernels: tuple[np.ndarray, ...]) -> np.ndarray:
+    dst = np.empty(vol.shape, np.float32)
+    tmp = np.empty(vol.shape, np.float32)
+    K.smooth3(vol, dst, tmp, *kernels)
+    return dst
+
+
+class Realigner:
+    """Realigns volumes to one reference; construct once per reference, call `estimate` per TR."""
+
+    def __init__(self, ref_data: np.ndarray, ref_affine: np.ndarray, *, mask: np.ndarray | None = None,
+                 max_iterations: int = 20, tolerance_mm: float = 0.002, coarse_to_fine: bool = True) -> None:
+        ref = np.asarray(ref_data)
+        if ref.ndim != 3:
+            raise ValueError(f"reference must be 3-D, got shape {ref.shape}")
+        ref = np.nan_to_num(np.ascontiguousarray(ref, np.float32))
+        self.ref_affine = np.asarray(ref_affine, dtype=np.float64)
+        if mask is None:
+            mask = head_mask(ref)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != ref.shape:
+            raise ValueError(f"mask shape {mask.shape} != reference shape {ref.shape}")
+        if mask.sum() < 64:
+            raise ValueError("mask has fewer than 64 voxels; cannot realign")
+        self.mask = mask
+        self.max_iterations = int(max_iterations)
+        self.tolerance_mm = float(tolerance_mm)
+        self.coarse_to_fine = bool(coarse_to_fine)
+        ijk = np.argwhere(mask)
+        world = ijk @ self.ref_affine[:3, :3].T + self.ref_affine[:3, 3]
+        self.centre = world.mean(axis=0)
+        lo, hi = ijk.min(axis=0), ijk.max(axis=0)
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
+        self.corners = corners @ self.ref_affine[:3, :3].T + self.ref_affine[:3, 3]
+        self.fine = _Level(ref, self.ref_affine, mask, FINE_FWHM_MM, 1, self.centre, MAX_FINE_POINTS)
+        self.coarse = [_Level(ref, self.ref_affine, mask, fw, fac, self.centre, None) for fw, fac in COARSE_LEVELS]
+        self._ref = ref
+        self._cross: dict[tuple, _Level] = {}
+        self._acc = np.zeros(K.ACC_LEN, np.float64)
+        self._last: np.ndarray | None = None
+
+    def _fine_for(self, shape: tuple[int, ...], affine: np.ndarray) -> _Level:
+        """Fine level for a moving grid: the precomputed one when the voxel size matches;
+        otherwise (once per new grid) the reference resampled onto the moving grid by cubic
+        B-spline, so the per-volume work stays free of smoothing."""
+        if np.allclose(_zooms(affine), _zooms(self.ref_affine), rtol=0.01):
+            return self.fine
+        key = (tuple(shape[:3]), tuple(np.round(affine, 4).ravel()))
+        if key not in self._cross:
+            if len(self._cross) > 4:
+                self._cross.clear()
+            q = np.linalg.inv(self.ref_affine) @ affine  # moving voxel -> reference voxel
+            grid = np.indices(shape[:3], dtype=np.float64).reshape(3, -1)
+            coords = q[:3, :3] @ grid + q[:3, 3:4]
+            ref = ndimage.map_coordinates(self._ref, coords, order=3, mode="nearest").reshape(shape[:3])
+            mask = ndimage.map_coordinates(self.mask.astype(np.float32), coords, order=1, cval=0.0).reshape(shape[:3]) > 0.5
+            if mask.sum() < 64:
+                return self.fine
+            self._cross[key] = _Level(ref.astype(np.float32), affine, mask, 0.0, 1, self.centre, MAX_FINE_POINTS)
+        return self._cross[key]
+
+    def prepare(self, shape: tuple[int, ...], affine: np.ndarray) -> None:
+        """Precompute for an expected moving grid (only matters when its voxel size differs from
+        the reference's; otherwise a no-op), so the first volume of the run is not slower."""
+        self._fine_for(tuple(shape), np.asarray(affine, np.float64))
+
+    def reset(self) -> None:
+        """Forget the warm start (next volume is a cold start)."""
+        self._last = None
+
+    def _iterate(self, level: _Level, vol: np.ndarray, vol_affine: np.ndarray, m: np.ndarray,
+                 max_iter: int, tol: float) -> tuple[np.ndarray, int, bool, bool]:
+        """Gauss-Newton at one level. Returns (M, iterations, converged, ok).
+
+        ok=False when the step cannot be trusted (too little overlap, singular system) or the
+        iteration stalls far from a solution (a bad warm start): the caller then falls back to
+        the coarse levels.
+        """
+        inv_mov = np.linalg.inv(vol_affine)
+        acc = self._acc
+        centre, corners = self.centre, self.corners
+        prev = np.inf
+        for it in range(1, max_iter + 1):
+            q = (inv_mov @ m @ level.affine)[:3]
+            K.gn_sums(vol, np.ascontiguousarray(q), level.pts, acc)
+            n = acc[K.ACC_N]
+            if n < MIN_OVERLAP * level.n_points or acc[K.ACC_SG] <= 0:
+                return m, it, False, False
+            s = acc[K.ACC_SF] / acc[K.ACC_SG]
+            h_out = np.zeros((6, 6))
+            h_out[level.triu] = acc[K.ACC_H_OUT:K.ACC_H_OUT + 21]
+            h_out = h_out + np.triu(h_out, 1).T
+            hess = level.hess - h_out
+            rhs = s * acc[K.ACC_JG:K.ACC_JG + 6] - (level.jf - acc[K.ACC_JF_OUT:K.ACC_JF_OUT + 6])
+            try:
+                delta = np.linalg.solve(hess, rhs)
+            except np.linalg.LinAlgError:
+                return m, it, False, False
+            if not np.all(np.isfinite(delta)):
+                return m, it, False, False
+            w = small_rigid(delta, centre)
+            m = m @ _rigid_inverse(w)
+            moved = corners @ w[:3, :3].T + w[:3, 3] - corners
+            disp = float(np.sqrt((moved * moved).sum(axis=1)).max())
+            if disp < tol:
+                return m, it, True, True
+            if it >= 3 and disp > STALL_RATIO * prev and disp > 10 * tol:
+                return m, it, False, False
+            prev = disp
+        return m, max_iter, False, True
+
+    def estimate(self, data: np.ndarray, affine: np.ndarray, init: np.ndarray | None = None) -> RealignResult:
+        """Matrix mapping `data`'s world onto the reference's world (see RealignResult).
+
+        Starts from `init` (a previous result's matrix), else from the last successful result,
+        else (cold start) from identity through the coarse levels.
+        """
+        t0 = time.perf_counter()
+        vol = np.ascontiguousarray(data, dtype=np.float32)
+        if vol.ndim != 3:
+            raise ValueError(f"volume must be 3-D, got shape {vol.shape}")
+        if not np.isfinite(vol).all():
+            vol = np.nan_to_num(vol)
+        affine = np.asarray(affine, dtype=np.float64)
+        start = init if init is not None else self._last
+        cold = start is None
+        m0 = np.eye(4) if cold else _rigid_inverse(np.asarray(start, dtype=np.float64))
+        total = 0
+        converged = ok = False
+        m = m0
+        fine = self._fine_for(vol.shape, affine)
+        if not cold or not self.coarse_to_fine:
+            fvol, faff = fine.moving(vol, affine)
+            m, it, converged, ok = self._iterate(fine, fvol, faff, m0, self.max_iterations, self.tolerance_mm)
+            total += it
+        if self.coarse_to_fine and not converged:
+            m = m0
+            for level in reversed(self.coarse):
+                cvol, caff = level.moving(vol, affine)
+                m_try, it, _, ok_c = self._iterate(level, cvol, caff, m, self.max_iterations,
+                                                   COARSE_TOLERANCE_MM * level.factor)
+                total += it
+                if ok_c:
+                    m = m_try
+            fvol, faff = fine.moving(vol, affine)
+            m, it, converged, ok = self._iterate(fine, fvol, faff, m, self.max_iterations, self.tolerance_mm)
+            total += it
+        matrix = _rigid_inverse(m)
+        if ok:
+            self._last = matrix
+        return RealignResult(matrix=matrix, params=matrix_to_params(matrix), iterations=total,
+                             converged=bool(converged and ok), elapsed_ms=(time.perf_counter() - t0) * 1e3)

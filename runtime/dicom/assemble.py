@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,7 +250,3 @@ def read_series(folder_or_files, series: int | str | None = None) -> list[Volume
         raise DicomError(f"{label}: no complete volume in series {groups[uid][0].series_number}")
     return vols
 
-
-def iter_parts(files: Iterable[str]) -> Iterable[DicomPart]:
-    for f in files:
-        yield parse_file(f)

@@ -36,8 +36,10 @@ def _private_block_base(ds: Dataset, group: int, creator: str) -> int | None:
     return None
 
 
-def read_csa(blob: bytes) -> dict[str, list]:
-    """Parse a CSA2 ("SV10") or CSA1 header into {name: [values]} (numbers converted)."""
+def read_csa(blob: bytes, names: frozenset[str] | None = None) -> dict[str, list]:
+    """Parse a CSA2 ("SV10") or CSA1 header into {name: [values]} (numbers converted).
+
+    With `names`, only those tags are decoded (the walk is the same; decoding is the cost)."""
     if len(blob) < 16:
         return {}
     csa2 = blob[:4] == b"SV10"
@@ -59,6 +61,7 @@ def read_csa(blob: bytes) -> dict[str, list]:
             break
         n_values = n_items if vm == 0 else vm
         items: list = []
+        wanted = names is None or name in names
         for item_no in range(n_items):
             x0, x1, _x2, _x3 = struct.unpack_from("<4i", blob, ptr)
             ptr += 16
@@ -67,7 +70,7 @@ def read_csa(blob: bytes) -> dict[str, list]:
                 return out
             raw = blob[ptr : ptr + item_len]
             ptr += item_len + ((4 - item_len % 4) % 4)
-            if item_no >= n_values:
+            if item_no >= n_values or not wanted:
                 continue
             s = raw.split(b"\x00", 1)[0].decode("latin-1").strip()
             if vr in ("FL", "FD", "DS"):
@@ -76,11 +79,15 @@ def read_csa(blob: bytes) -> dict[str, list]:
                 items.append(int(float(s)) if s else None)
             else:
                 items.append(s)
-        out[name] = items
+        if wanted:
+            out[name] = items
     return out
 
 
-def csa_image_header(ds: Dataset) -> dict[str, list]:
+MOSAIC_TAGS = frozenset({"NumberOfImagesInMosaic", "SliceNormalVector", "MosaicRefAcqTimes"})
+
+
+def csa_image_header(ds: Dataset, names: frozenset[str] | None = MOSAIC_TAGS) -> dict[str, list]:
     base = _private_block_base(ds, 0x0029, CSA_CREATOR)
     if base is None:
         return {}
@@ -88,7 +95,7 @@ def csa_image_header(ds: Dataset) -> dict[str, list]:
     if el is None or not isinstance(el.value, bytes):
         return {}
     try:
-        return read_csa(el.value)
+        return read_csa(el.value, names)
     except struct.error:
         return {}
 

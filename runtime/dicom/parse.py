@@ -99,6 +99,10 @@ def _meta(ds: Dataset) -> dict:
     return out
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _read(path: str) -> Dataset:
     try:
         with open(path, "rb") as fh:
@@ -118,11 +122,11 @@ def _read(path: str) -> Dataset:
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except (EOFError, struct.error) as exc:
-        raise IncompleteFile(f"{path}: truncated DICOM ({exc})") from exc
+        raise IncompleteFile(f"{path}: truncated DICOM ({_one_line(exc)})") from exc
     except InvalidDicomError as exc:
-        raise IncompleteFile(f"{path}: truncated DICOM file meta ({exc})") from exc
+        raise IncompleteFile(f"{path}: truncated DICOM file meta ({_one_line(exc)})") from exc
     except Exception as exc:  # pydicom raises many types on corrupt data
-        raise DicomError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+        raise DicomError(f"{path}: unreadable DICOM ({type(exc).__name__}: {_one_line(exc)})") from exc
     return ds
 
 
@@ -151,7 +155,7 @@ def _raw_pixels(ds: Dataset, path: str, n_frames: int, rows: int, cols: int) -> 
     try:
         arr = ds.pixel_array
     except Exception as exc:
-        raise DicomError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
+        raise DicomError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc
     return np.asarray(arr).reshape(n_frames, rows, cols)
 
 

@@ -136,7 +136,20 @@ class DisplayConfig(_Section):
     trigger_key: str = "5"
     trigger_serial: str = ""
     """Serial device that delivers scanner TTL triggers (one byte per trigger); empty = keyboard."""
+    trigger_baud: PosInt = 115200
+    missed_trigger_factor: Annotated[float, Meta(gt=1, le=3)] = 1.5
+    """A trigger interval above this many TRs means round(interval / TR) - 1 triggers were missed."""
     rating: bool = False
+    rating_keys: list[str] = msgspec.field(default_factory=lambda: ["1", "2", "3"])
+    """Rating keys (or button-box buttons): move down, move up, confirm."""
+    rating_start: Annotated[int, Meta(ge=0, le=10)] = 5
+    rating_prompt: str = "How well did it go? (0-10)"
+    induction_text: str = "Regulate"
+    reward_per_point: NonNegFloat = 10.0
+    """End-of-run reward = mean shown score x this."""
+    reward_unit: str = "JPY"
+    end_screen_s: NonNegFloat = 3.0
+    """Minimum time the end-of-run screen (mean score, reward) stays up."""
     panic_key: str = "escape"
     background: list[float] = msgspec.field(default_factory=lambda: [-1.0, -1.0, -1.0])
 

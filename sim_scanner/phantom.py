@@ -111,8 +111,11 @@ class HeadPhantom:
     shape: tuple[int, int, int] = (64, 64, 36)
     voxel_size: tuple[float, float, float] = (3.0, 3.0, 3.0)
     seed: int = 0
-    roi_centre: tuple[float, float, float] = (0.0, -60.0, 6.0)
-    roi_radius: float = 15.0
+    roi_centre: tuple[float, float, float] = (0.0, -72.0, 8.0)
+    roi_radius: float = 16.0
+    order: int = 1
+    """Interpolation of the moved head: 1 = trilinear (fast; at the sub-voxel motion of a
+    compliant participant its smoothing is negligible), 3 = cubic spline."""
     affine: np.ndarray = field(init=False)
     anatomy: np.ndarray = field(init=False)
     """Noise-free head at the reference pose (before coil inhomogeneity)."""
@@ -193,12 +196,14 @@ class HeadPhantom:
     # -- rendering
     def _prepare_resampling(self) -> None:
         """Spline coefficients and the voxels worth resampling (head and ROI, dilated)."""
-        self._coef = ndimage.spline_filter(self.anatomy.astype(np.float64), order=3, mode="nearest")
+        a = self.anatomy.astype(np.float64)
+        self._coef = ndimage.spline_filter(a, order=3, mode="nearest") if self.order == 3 else a
         head = ndimage.binary_dilation(self.anatomy > 1.0, iterations=2)
         self._head_idx = np.flatnonzero(head)
         roi = ndimage.binary_dilation(self.patterns.any(axis=0), iterations=2)
         self._roi_idx = np.flatnonzero(roi)
-        self._ijk = np.indices(self.shape, dtype=np.float64).reshape(3, -1)
+        ijk = np.indices(self.shape, dtype=np.float64).reshape(3, -1)
+        self._ijk = {id(self._head_idx): ijk[:, self._head_idx].copy(), id(self._roi_idx): ijk[:, self._roi_idx].copy()}
 
     def render(self, pose: np.ndarray | None = None, amplitudes: Sequence[float] = (), drift: np.ndarray | float = 0.0) -> np.ndarray:
         """Noise-free volume with the head at `pose` (4x4 world rigid) and per-class amplitudes.
@@ -213,11 +218,11 @@ class HeadPhantom:
 
         def resample(arr: np.ndarray, idx: np.ndarray, order: int) -> np.ndarray:
             out = np.zeros(int(np.prod(self.shape)))
-            pts = vox[:3, :3] @ self._ijk[:, idx] + vox[:3, 3:4]
+            pts = vox[:3, :3] @ self._ijk[id(idx)] + vox[:3, 3:4]
             out[idx] = ndimage.map_coordinates(arr, pts, order=order, prefilter=False, mode="nearest")
             return out.reshape(self.shape)
 
-        anat = resample(self._coef, self._head_idx, 3) if moved else self.anatomy.astype(np.float64)
+        anat = resample(self._coef, self._head_idx, self.order) if moved else self.anatomy.astype(np.float64)
         gain = 1.0 + np.asarray(drift, dtype=np.float64)
         amps = [float(a) for a in amplitudes]
         if any(a != 0.0 for a in amps):
@@ -334,17 +339,19 @@ def simulate(
     x, y, z = phantom._world.reshape(3, *phantom.shape)
     spatial = 1.0 + 0.5 * x / 90.0 + 0.3 * y / 100.0
     wave_phase = rng.uniform(0, 2 * np.pi)
-    ar = np.zeros(phantom.shape)
+    ar = np.zeros(phantom.shape, dtype=np.float32)
     rho = 0.5
     vols: list[Volume] = []
     for t in range(n):
         trend = noise.drift * (t / 100.0) * spatial + 0.3 * noise.drift * math.sin(2 * np.pi * t / 60.0 + wave_phase)
         clean = phantom.render(transforms[t], [effect * s for s in signal[t]], trend)
-        ar = rho * ar + math.sqrt(1 - rho * rho) * rng.normal(size=phantom.shape)
-        physio = noise.physio * noise.noise * clean * ar
-        re = clean + physio + rng.normal(0.0, sigma, size=phantom.shape)
-        im = rng.normal(0.0, sigma, size=phantom.shape)
-        data = np.sqrt(re * re + im * im).astype(np.float32)
+        ar *= rho
+        ar += math.sqrt(1 - rho * rho) * rng.standard_normal(size=phantom.shape, dtype=np.float32)
+        re = clean.astype(np.float32)
+        re *= 1.0 + np.float32(noise.physio * noise.noise) * ar
+        re += np.float32(sigma) * rng.standard_normal(size=phantom.shape, dtype=np.float32)
+        im = np.float32(sigma) * rng.standard_normal(size=phantom.shape, dtype=np.float32)
+        data = np.sqrt(re * re + im * im)
         vols.append(
             Volume(
                 data=np.ascontiguousarray(data),

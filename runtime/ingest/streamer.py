@@ -135,6 +135,7 @@ class Streamer:
         self._last_activity = time.monotonic()
         self._ignored_logged = False
         self._dup_logged: set[tuple[int, ...]] = set()
+        self._ignored_paths: set[str] = set()
         self.ended = False
         locked, next_index, gaps = self._restore()
         self.sequencer = Sequencer(scanner.gap_timeout, next_index=next_index, gaps=gaps)
@@ -207,9 +208,9 @@ class Streamer:
                 log.warning("%s: still incomplete and unchanged; gave up on it (retried if it changes)", path)
             return None
         except DicomError as exc:
-            self.watcher.mark_done(path)
-            self.stats.ignored_files += 1
-            self.ledger.add("ignored", None, [path])
+            self.watcher.reject(path)  # looked at again only if it changes
+            self._ignored_paths.add(path)
+            self.stats.ignored_files = len(self._ignored_paths)
             level = logging.INFO if not self._ignored_logged else logging.DEBUG
             self._ignored_logged = True
             log.log(level, "ignoring %s", exc)

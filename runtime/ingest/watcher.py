@@ -113,6 +113,12 @@ class FolderWatcher:
         self._given_up.pop(path, None)
         self._done.add(path)
 
+    def reject(self, path: str) -> None:
+        """Not usable as it is (e.g. not DICOM): offer it again only if it changes (a writer that
+        had only written a few bytes when we looked)."""
+        self._pending.pop(path, None)
+        self._given_up[path] = (_size(path), _mtime(path))
+
     def retry(self, path: str, now: float, *, give_up_after: float | None = None) -> bool:
         """Still being written: hand it out again after `retry_interval`. Returns False (and stops
         retrying until the file changes) when its size has not changed for `give_up_after` s."""
@@ -140,7 +146,9 @@ class FolderWatcher:
         if path in self._done or ignored_name(os.path.basename(path)):
             return
         if path in self._given_up:
-            return  # re-offered by a full scan only if it changed
+            if (_size(path), _mtime(path)) == self._given_up[path]:
+                return  # unchanged since we gave up on it
+            del self._given_up[path]
         p = self._pending.get(path)
         if p is None:
             self._pending[path] = _Pending(first_seen=now, next_try=now)

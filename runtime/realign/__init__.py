@@ -29,6 +29,12 @@ def warmup() -> None:
     pts = np.zeros((3, K.PT_COLS), np.float32)
     acc = np.zeros(K.ACC_LEN, np.float64)
     K.gn_sums(vol, q, pts, acc)
+    eye = np.eye(4)
+    h = np.eye(6)
+    jf = np.zeros(6)
+    corners = np.zeros((8, 3))
+    K.gn_level(vol, eye, eye.copy(), eye, pts, h, jf, 1, h, jf, np.zeros(3), corners,
+               2, 0.002, 0.05, 0.3, 0.7, acc)
     ijk = np.zeros((2, 3), np.int64)
     out = np.empty(2, np.float32)
     K.sample_points(vol, q, ijk, out, np.float32(np.nan))

@@ -1,20 +1,25 @@
 """Rigid (6-DOF) realignment of one volume to a fixed reference, fast enough for every TR.
 
 Method (METHOD.md §4.1, E20, solved inverse-compositionally): minimise
-    sum_i w_i [ f(W(x_i; dp)) - s * g(M x_i) ]^2
+    sum_i [ f(W(x_i; dp)) - s * g(M x_i) ]^2
 over a small rigid update dp of the current estimate M (reference world -> moving world), where
-f is the lightly smoothed reference sampled at fixed brain voxels x_i, g the moving volume
-smoothed the same way (FWHM in mm, so grids may differ) and sampled trilinearly, and
+x_i are the most informative voxels of an automatic head mask of the reference (<= 10k), g is
+the moving volume sampled by cubic B-spline *quasi*-interpolation (no prefilter: a blur whose
+moments up to order 3 do not depend on the sub-voxel offset, so no bias towards the grid, unlike
+trilinear), f the reference blurred by the same spline at integer offsets, and
 s = sum f / sum g the intensity scale (as SPM's). Because the linearisation is taken on the
 *reference* (inverse compositional, Baker & Matthews 2004), the Jacobian J_i = grad f(x_i) dW/dp
-and the Gauss-Newton Hessian J^T J are computed once per reference; each iteration is then one
-pass over the points (`kernels.gn_sums`) plus a 6x6 solve, and M <- M W(dp)^-1.
+(rotations about the mask's centre) and the Gauss-Newton Hessian J^T J are computed once per
+reference; each iteration is one pass over the points plus a 6x6 solve, M <- M W(dp)^-1, all in
+one compiled loop (`kernels.gn_level`). Early iterations use a quarter of the points.
 
 Points that leave the moving field of view are dropped from the sums and their Hessian terms
 subtracted, so partial overlap stays exact. Convergence: the 8 corners of the mask's bounding
-box move less than `tolerance_mm` between iterations. A coarse level (stronger smoothing,
-every other voxel) starts a cold start and rescues a fine-level failure (no convergence within
-`max_iterations`, or too little overlap), which recovers motion of 10 mm / 10 degrees.
+box move less than `tolerance_mm` in one iteration. Coarse levels (Gaussian 12 and 8 mm FWHM,
+every 4th / 2nd voxel) start a cold start and rescue a fine-level failure (no convergence
+within `max_iterations`, a stall, or too little overlap): they recover 10 mm / 10 degrees.
+A moving volume whose voxel size differs from the reference's gets, once per grid, the
+reference resampled onto its grid (everything is in world coordinates).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from scipy import ndimage
 
 from runtime.realign import kernels as K
 from runtime.realign.mask import head_mask
-from runtime.realign.params import matrix_to_params, small_rigid
+from runtime.realign.params import matrix_to_params
 
 # Gaussian pre-smoothing (FWHM, mm) of the fine level: none (the B-spline sampling blur is
 # matched exactly on the reference side). Coarse levels: (FWHM mm, decimation factor).
@@ -42,6 +47,9 @@ MAX_FINE_POINTS = 10000
 COARSE_TOLERANCE_MM = 0.05
 # Give up on a level (fall back to coarse) when a step shrinks by less than this.
 STALL_RATIO = 0.7
+# Early iterations use every SUBSET_STEP-th point until a step is below SUBSET_SWITCH_MM.
+SUBSET_STEP = 4
+SUBSET_SWITCH_MM = 0.05
 _FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 
 
@@ -111,15 +119,28 @@ class _Level:
             keep = np.sort(np.argsort(lev)[-max_points:])
             ijk, jac = ijk[keep], jac[keep]
             idx = tuple(ijk.T)
-        self.n_points = len(ijk)
-        self.pts = np.empty((len(ijk), K.PT_COLS), np.float32)
-        self.pts[:, :3] = ijk
-        self.pts[:, 3] = f[idx]
-        self.pts[:, 4:] = jac
+        # order: a uniform subset (every SUBSET_STEP-th point) first, then the rest, each in
+        # raster order (cache-friendly gathers); early iterations run on the subset only
+        n = len(ijk)
+        order = np.arange(n)
+        if n >= 4 * SUBSET_STEP * 100:
+            sub = order[::SUBSET_STEP]
+            order = np.concatenate([sub, np.setdiff1d(order, sub)])
+            self.n_sub = len(sub)
+        else:
+            self.n_sub = 0
+        self.n_points = n
+        self.pts = np.empty((n, K.PT_COLS), np.float32)
+        self.pts[:, :3] = ijk[order]
+        self.pts[:, 3] = f[idx][order]
+        self.pts[:, 4:] = jac[order]
         j32 = self.pts[:, 4:].astype(np.float64)  # what the kernel will actually read
+        f32 = self.pts[:, 3].astype(np.float64)
         self.hess = j32.T @ j32
-        self.jf = j32.T @ self.pts[:, 3].astype(np.float64)
-        self.triu = np.triu_indices(6)
+        self.jf = j32.T @ f32
+        ns = max(self.n_sub, 1)
+        self.hess_sub = j32[:ns].T @ j32[:ns]
+        self.jf_sub = j32[:ns].T @ f32[:ns]
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._kern: tuple[np.ndarray, ...] = ()
 
@@ -213,44 +234,19 @@ class Realigner:
 
     def _iterate(self, level: _Level, vol: np.ndarray, vol_affine: np.ndarray, m: np.ndarray,
                  max_iter: int, tol: float) -> tuple[np.ndarray, int, bool, bool]:
-        """Gauss-Newton at one level. Returns (M, iterations, converged, ok).
+        """Gauss-Newton at one level (kernels.gn_level). Returns (M, iterations, converged, ok).
 
         ok=False when the step cannot be trusted (too little overlap, singular system) or the
         iteration stalls far from a solution (a bad warm start): the caller then falls back to
         the coarse levels.
         """
-        inv_mov = np.linalg.inv(vol_affine)
-        acc = self._acc
-        centre, corners = self.centre, self.corners
-        prev = np.inf
-        for it in range(1, max_iter + 1):
-            q = (inv_mov @ m @ level.affine)[:3]
-            K.gn_sums(vol, np.ascontiguousarray(q), level.pts, acc)
-            n = acc[K.ACC_N]
-            if n < MIN_OVERLAP * level.n_points or acc[K.ACC_SG] <= 0:
-                return m, it, False, False
-            s = acc[K.ACC_SF] / acc[K.ACC_SG]
-            h_out = np.zeros((6, 6))
-            h_out[level.triu] = acc[K.ACC_H_OUT:K.ACC_H_OUT + 21]
-            h_out = h_out + np.triu(h_out, 1).T
-            hess = level.hess - h_out
-            rhs = s * acc[K.ACC_JG:K.ACC_JG + 6] - (level.jf - acc[K.ACC_JF_OUT:K.ACC_JF_OUT + 6])
-            try:
-                delta = np.linalg.solve(hess, rhs)
-            except np.linalg.LinAlgError:
-                return m, it, False, False
-            if not np.all(np.isfinite(delta)):
-                return m, it, False, False
-            w = small_rigid(delta, centre)
-            m = m @ _rigid_inverse(w)
-            moved = corners @ w[:3, :3].T + w[:3, 3] - corners
-            disp = float(np.sqrt((moved * moved).sum(axis=1)).max())
-            if disp < tol:
-                return m, it, True, True
-            if it >= 3 and disp > STALL_RATIO * prev and disp > 10 * tol:
-                return m, it, False, False
-            prev = disp
-        return m, max_iter, False, True
+        m = np.array(m, dtype=np.float64, order="C")
+        it, status = K.gn_level(vol, np.linalg.inv(vol_affine), m, level.affine, level.pts, level.hess,
+                                level.jf, level.n_sub, level.hess_sub, level.jf_sub, self.centre,
+                                self.corners, int(max_iter), float(tol), SUBSET_SWITCH_MM, MIN_OVERLAP,
+                                STALL_RATIO, self._acc)
+        ok = status in (K.GN_CONVERGED, K.GN_MAX_ITER)
+        return m, int(it), status == K.GN_CONVERGED, ok
 
     def estimate(self, data: np.ndarray, affine: np.ndarray, init: np.ndarray | None = None) -> RealignResult:
         """Matrix mapping `data`'s world onto the reference's world (see RealignResult).

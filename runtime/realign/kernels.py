@@ -419,3 +419,167 @@ def gaussian_kernel(sigma_vox: float) -> np.ndarray:
     x = np.arange(-r, r + 1, dtype=np.float64)
     w = np.exp(-0.5 * (x / sigma_vox) ** 2)
     return (w / w.sum()).astype(np.float32)
+
+
+# Status codes returned by `gn_level`.
+GN_CONVERGED = 0
+GN_MAX_ITER = 1
+GN_NO_OVERLAP = 2
+GN_SINGULAR = 3
+GN_STALLED = 4
+
+
+@nb.njit(cache=True, fastmath=False, nogil=True)
+def _solve6(h, b, out):
+    """Solve the symmetric 6x6 system h x = b (Gaussian elimination, partial pivoting).
+    Returns False when singular. Small and branchy: not worth a LAPACK call per iteration."""
+    a = np.empty((6, 7))
+    for i in range(6):
+        for j in range(6):
+            a[i, j] = h[i, j]
+        a[i, 6] = b[i]
+    for c in range(6):
+        piv = c
+        best = abs(a[c, c])
+        for r in range(c + 1, 6):
+            if abs(a[r, c]) > best:
+                best = abs(a[r, c])
+                piv = r
+        if best < 1e-300:
+            return False
+        if piv != c:
+            for j in range(7):
+                tmp = a[c, j]
+                a[c, j] = a[piv, j]
+                a[piv, j] = tmp
+        for r in range(c + 1, 6):
+            f = a[r, c] / a[c, c]
+            for j in range(c, 7):
+                a[r, j] -= f * a[c, j]
+    for r in range(5, -1, -1):
+        s = a[r, 6]
+        for j in range(r + 1, 6):
+            s -= a[r, j] * out[j]
+        out[r] = s / a[r, r]
+    return True
+
+
+@nb.njit(cache=True, fastmath=False, nogil=True)
+def _small_rigid(delta, centre, w):
+    """4x4 map X -> R(omega)(X - c) + c + t into `w` (same as params.small_rigid)."""
+    ox, oy, oz = delta[3], delta[4], delta[5]
+    theta = np.sqrt(ox * ox + oy * oy + oz * oz)
+    if theta < 1e-12:
+        a = 1.0
+        b = 0.5
+    else:
+        a = np.sin(theta) / theta
+        b = (1.0 - np.cos(theta)) / (theta * theta)
+    k = np.array([[0.0, -oz, oy], [oz, 0.0, -ox], [-oy, ox, 0.0]])
+    for i in range(3):
+        for j in range(3):
+            kk = 0.0
+            for t in range(3):
+                kk += k[i, t] * k[t, j]
+            w[i, j] = (1.0 if i == j else 0.0) + a * k[i, j] + b * kk
+    for i in range(3):
+        w[i, 3] = centre[i] + delta[i] - (w[i, 0] * centre[0] + w[i, 1] * centre[1] + w[i, 2] * centre[2])
+        w[3, i] = 0.0
+    w[3, 3] = 1.0
+
+
+@nb.njit(cache=True, fastmath=False, nogil=True)
+def gn_level(vol, inv_mov, m, lvl_affine, pts, hess, jf, n_sub, hess_sub, jf_sub, centre, corners,
+             max_iter, tol, switch_mm, min_overlap, stall_ratio, acc):
+    """Inverse-compositional Gauss-Newton at one level, entirely in compiled code.
+
+    `m` (4x4, reference world -> moving world) is updated in place: m <- m W(dp)^-1 each step.
+    The first iterations use only the first `n_sub` points (a spatially uniform subset, with
+    its own precomputed Hessian) until a step moves the corners less than `switch_mm`; then all
+    points. Convergence: a full-set step that moves every corner less than `tol` mm.
+    Returns (iterations, status) with status one of GN_*.
+    """
+    w = np.empty((4, 4))
+    delta = np.empty(6)
+    rhs = np.empty(6)
+    h = np.empty((6, 6))
+    q = np.empty((3, 4))
+    tmp = np.empty((4, 4))
+    use_sub = 0 < n_sub < pts.shape[0]
+    prev = np.inf
+    for it in range(1, max_iter + 1):
+        # q = (inv_mov @ m @ lvl_affine)[:3]
+        for i in range(4):
+            for j in range(4):
+                s = 0.0
+                for t in range(4):
+                    s += m[i, t] * lvl_affine[t, j]
+                tmp[i, j] = s
+        for i in range(3):
+            for j in range(4):
+                s = 0.0
+                for t in range(4):
+                    s += inv_mov[i, t] * tmp[t, j]
+                q[i, j] = s
+        if use_sub:
+            gn_sums(vol, q, pts[:n_sub], acc)
+            npts = n_sub
+            h0 = hess_sub
+            f0 = jf_sub
+        else:
+            gn_sums(vol, q, pts, acc)
+            npts = pts.shape[0]
+            h0 = hess
+            f0 = jf
+        if acc[ACC_N] < min_overlap * npts or acc[ACC_SG] <= 0.0:
+            return it, GN_NO_OVERLAP
+        sc = acc[ACC_SF] / acc[ACC_SG]
+        u = 0
+        for a in range(6):
+            for b in range(a, 6):
+                h[a, b] = h0[a, b] - acc[ACC_H_OUT + u]
+                h[b, a] = h[a, b]
+                u += 1
+            rhs[a] = sc * acc[ACC_JG + a] - (f0[a] - acc[ACC_JF_OUT + a])
+        if not _solve6(h, rhs, delta):
+            return it, GN_SINGULAR
+        for a in range(6):
+            if not np.isfinite(delta[a]):
+                return it, GN_SINGULAR
+        _small_rigid(delta, centre, w)
+        # m <- m @ inv(w); inv(w) = [R^T, -R^T t]
+        for i in range(4):
+            r0 = m[i, 0]
+            r1 = m[i, 1]
+            r2 = m[i, 2]
+            r3 = m[i, 3]
+            for j in range(3):
+                tmp[i, j] = r0 * w[j, 0] + r1 * w[j, 1] + r2 * w[j, 2]
+            tmp[i, 3] = r3 - (tmp[i, 0] * w[0, 3] + tmp[i, 1] * w[1, 3] + tmp[i, 2] * w[2, 3])
+        for i in range(4):
+            for j in range(4):
+                m[i, j] = tmp[i, j]
+        disp = 0.0
+        for c in range(corners.shape[0]):
+            d2 = 0.0
+            for i in range(3):
+                d = w[i, 0] * corners[c, 0] + w[i, 1] * corners[c, 1] + w[i, 2] * corners[c, 2] + w[i, 3] - corners[c, i]
+                d2 += d * d
+            if d2 > disp:
+                disp = d2
+        disp = np.sqrt(disp)
+        if use_sub:
+            if disp < switch_mm:
+                use_sub = False
+                prev = np.inf
+                continue
+            if it >= 3 and disp > stall_ratio * prev:
+                return it, GN_STALLED
+            prev = disp
+            continue
+        if disp < tol:
+            return it, GN_CONVERGED
+        if it >= 3 and disp > stall_ratio * prev and disp > 10.0 * tol:
+            return it, GN_STALLED
+        prev = disp
+    return max_iter, GN_MAX_ITER

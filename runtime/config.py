@@ -172,6 +172,10 @@ class AgentConfig(_Section):
     thompson_discount: Annotated[float, Meta(gt=0, le=1)] = 0.9
     """Thompson learner: evidence kept per update (1 = stationary; < 1 re-adapts after reversals)."""
     seed: int = 0
+    events: str = ""
+    """Endpoint the agent publishes its events on (agent_action, device_command, device_ack, ...);
+    empty = endpoints.events, unless the display is enabled (it publishes there): then none."""
+    events_replay: str = ""
 
 
 class StimulatorConfig(_Section):
@@ -260,8 +264,37 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class ParticipantConfig(_Section):
+    """Virtual participant of the co-adaptive pain loop (simulation.kind = "participant";
+    model in sim_scanner/participant.py)."""
+
+    time_scale: Annotated[float, Meta(ge=1, le=20)] = 1.0
+    """Simulated seconds per wall-clock second (TR, ISI, watchdog and the emulated thermode run
+    on this scaled clock); `decnef run --speed` overrides it. Refused with a real device."""
+    pain_effect: NonNegFloat = 0.04
+    """Fractional signal change of the pain pattern for a fully painful stimulus (sustained)."""
+    touch_effect: NonNegFloat = 0.015
+    """Fractional signal change of the intensity-independent somatosensory pattern."""
+    pain_threshold_c: Annotated[float, Meta(ge=30, le=52)] = 43.0
+    pain_slope_c: PosFloat = 1.5
+    """Perceived pain = logistic((peak °C - pain_threshold_c) / pain_slope_c)."""
+    response_sd: NonNegFloat = 0.2
+    """Trial-to-trial SD of the response amplitude (relative)."""
+    engagement_initial: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    engagement_rate: Annotated[float, Meta(gt=0, le=1)] = 0.3
+    """How fast engagement follows the relief the participant experiences."""
+    engagement_modulation: Annotated[float, Meta(ge=0, le=1)] = 0.3
+    """Fraction by which full engagement weakens the pain encoding in the ROI."""
+    day1_trials: Annotated[int, Meta(ge=4)] = 30
+    """Sham (decoder-construction) run: trials, half high and half low, in random order."""
+    layout: Literal["mosaic", "slice", "enhanced"] = "mosaic"
+    start_timeout_s: PosFloat = 60.0
+    """Wall seconds the participant waits for the agent to configure the thermode before scanning."""
+
+
 class SimulationConfig(_Section):
-    """What `decnef run --simulate` (without SRC) replays: a synthetic phantom run."""
+    """What `decnef run --simulate` (without SRC) replays: a synthetic phantom run, or (kind =
+    "participant") a closed-loop virtual participant of the co-adaptive pain loop."""
 
     kind: Literal["phantom", "participant"] = "phantom"
     shape: list[PosInt] = msgspec.field(default_factory=lambda: [64, 64, 36])
@@ -271,6 +304,7 @@ class SimulationConfig(_Section):
     motion_mm: NonNegFloat = 0.2
     effect: NonNegFloat = 0.02
     seed: int = 0
+    participant: ParticipantConfig = ParticipantConfig()
 
 
 class SessionConfig(_Section):

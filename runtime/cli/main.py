@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "engine": "the online engine: volumes in, DecNef scores out",
     "display": "PsychoPy feedback display locked to scanner triggers",
     "agent": "the co-adaptive agent driving a stimulator within hard safety limits",
+    "participant": "virtual participant of the pain loop: closed-loop volumes and an emulated thermode (simulation)",
     "keys": "generate ZeroMQ CURVE key pairs for a multi-host session",
 }
 

@@ -111,6 +111,18 @@ class SafetyGuard:
             self.n_delivered = 0
             self.log.write("start_run", detail=f"budget_s={self.limits.budget_s}")
 
+    def resume(self, budget_used_s: float, last_onset: float | None, busy_until: float | None = None) -> None:
+        """Continue a run after the controlling process restarted: carry over the budget used
+        and the last onset / predicted end (guard clock), so a restart never loosens the ISI,
+        the overlap check or the per-run budget."""
+        with self._lock:
+            self.budget_used_s = max(self.budget_used_s, float(budget_used_s))
+            if last_onset is not None:
+                self._last_onset = last_onset if self._last_onset is None else max(self._last_onset, last_onset)
+            if busy_until is not None:
+                self._busy_until = max(self._busy_until, busy_until)
+            self.log.write("resume", detail=f"budget_used_s={self.budget_used_s:.3f} last_onset={last_onset}")
+
     def rearm(self, reason: str = "operator") -> None:
         """Clear the latch after an abort (an operator decision, logged)."""
         with self._lock:

@@ -559,6 +559,7 @@ class Agent:
             self.guard.close()
         self.agent_log.close()
         if self.publisher is not None:
+            time.sleep(0.5)  # keep the replay server up a moment: late subscribers catch the last events
             self.publisher.close()
 
 

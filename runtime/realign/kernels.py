@@ -378,33 +378,63 @@ def sample_points(vol, Q, ijk, out, fill):
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
+def _inside_range(b, q, lo, hi, n):
+    """Integer k-range [k0, k1) where lo <= b + q k <= hi, for k in [0, n)."""
+    if abs(q) < 1e-12:
+        if lo <= b <= hi:
+            return 0, n
+        return 0, 0
+    t0 = (lo - b) / q
+    t1 = (hi - b) / q
+    if t0 > t1:
+        t0, t1 = t1, t0
+    # clamp in float first: t0/t1 can be huge for a nearly parallel row
+    k0 = int(np.ceil(min(max(t0, 0.0), float(n))))
+    k1 = int(np.floor(min(max(t1, -1.0), float(n)))) + 1
+    k1 = min(k1, n)
+    if k1 < k0:
+        k1 = k0
+    return k0, k1
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
 def sample_grid(vol, Q, out, fill):
-    """Trilinear reslice of `vol` onto every voxel of the out grid (shape of `out`)."""
+    """Trilinear reslice of `vol` onto every voxel of the out grid (shape of `out`).
+
+    Per output row the inside k-range is solved analytically, so the inner loop has no bounds
+    checks (points within 1e-4 voxel of the edge count as inside and are clamped)."""
     nx, ny, nz = vol.shape
     flat = vol.ravel()
+    eps = 1e-4
     xmax = nx - 1.0
     ymax = ny - 1.0
     zmax = nz - 1.0
     mx, my, mz = out.shape
+    tiny = nx < 2 or ny < 2 or nz < 2
     for i in range(mx):
         for j in range(my):
             bx = Q[0, 0] * i + Q[0, 1] * j + Q[0, 3]
             by = Q[1, 0] * i + Q[1, 1] * j + Q[1, 3]
             bz = Q[2, 0] * i + Q[2, 1] * j + Q[2, 3]
-            for k in range(mz):
-                x = bx + Q[0, 2] * k
-                y = by + Q[1, 2] * k
-                z = bz + Q[2, 2] * k
-                if x < -1e-4 or y < -1e-4 or z < -1e-4 or x > xmax + 1e-4 or y > ymax + 1e-4 or z > zmax + 1e-4:
-                    out[i, j, k] = fill
-                    continue
-                x = min(max(x, 0.0), xmax)
-                y = min(max(y, 0.0), ymax)
-                z = min(max(z, 0.0), zmax)
-                if nx < 2 or ny < 2 or nz < 2:
+            a0, a1 = _inside_range(bx, Q[0, 2], -eps, xmax + eps, mz)
+            b0, b1 = _inside_range(by, Q[1, 2], -eps, ymax + eps, mz)
+            c0, c1 = _inside_range(bz, Q[2, 2], -eps, zmax + eps, mz)
+            k0 = min(max(a0, max(b0, c0)), mz)
+            k1 = min(a1, min(b1, c1))
+            if k1 < k0:
+                k1 = k0
+            for k in range(0, k0):
+                out[i, j, k] = fill
+            for k in range(k1, mz):
+                out[i, j, k] = fill
+            for k in range(k0, k1):
+                x = min(max(bx + Q[0, 2] * k, 0.0), xmax)
+                y = min(max(by + Q[1, 2] * k, 0.0), ymax)
+                z = min(max(bz + Q[2, 2] * k, 0.0), zmax)
+                if tiny:
                     out[i, j, k] = flat[int(x + 0.5) * ny * nz + int(y + 0.5) * nz + int(z + 0.5)]
-                    continue
-                out[i, j, k] = _trilinear(flat, nx, ny, nz, x, y, z)
+                else:
+                    out[i, j, k] = _trilinear(flat, nx, ny, nz, x, y, z)
 
 
 BSPLINE3_AT_INTEGERS = np.array([1 / 6, 4 / 6, 1 / 6], dtype=np.float32)

@@ -419,3 +419,27 @@ def run_participant(cfg: SessionConfig, watch_dir: str | Path, *, speed: float |
         if own:
             emu.stop()
     return summary
+
+
+# -- wiring into `decnef run --simulate` ---------------------------------------------------------------
+def with_seed(cfg: SessionConfig, seed: int) -> SessionConfig:
+    """`decnef run --seed N`: one seed for the simulated participant, the agent and training."""
+    r = msgspec.structs.replace
+    return r(cfg, simulation=r(cfg.simulation, seed=seed), agent=r(cfg.agent, seed=seed),
+             train=r(cfg.train, seed=seed), decoder=r(cfg.decoder, seed=seed))
+
+
+def session_speed(cfg: SessionConfig, speed_arg: float) -> float:
+    """`--speed` if given (not 1), else `simulation.participant.time_scale`."""
+    return float(speed_arg) if speed_arg != 1.0 else float(cfg.simulation.participant.time_scale)
+
+
+def participant_role(cfg: SessionConfig, child_cfg: Path, work: Path, speed: float, role_cls: Any) -> tuple[list[str], Any]:
+    """(extra `decnef agent` arguments, the participant Role) for a supervised closed-loop run:
+    the participant writes its thermode's pty into `work/thermode.port`, the agent reads it."""
+    port_file = Path(work) / "thermode.port"
+    agent_args = ["--time-scale", f"{speed:g}", "--port-file", str(port_file)]
+    role = role_cls("participant", ["participant", "--config", str(child_cfg), "--watch", cfg.scanner.watch_dir,
+                                    "--speed", f"{speed:g}", "--port-file", str(port_file), "--output", cfg.output.root],
+                    restart=False, wait_for=("engine", "engine ready"))
+    return agent_args, role

@@ -60,7 +60,7 @@ class Supervisor:
 
     def __init__(self, roles: list[Role], *, log: Callable[[str], None] = print, log_dir: Path | None = None,
                  max_restarts: int = 3, stop_timeout: float = 10.0, env: dict[str, str] | None = None,
-                 echo: bool = True) -> None:
+                 echo: bool | Callable[[str, str], bool] = True) -> None:
         self.children = {r.name: _Child(r) for r in roles}
         self.log = log
         self.log_dir = Path(log_dir) if log_dir else None
@@ -175,7 +175,7 @@ class Supervisor:
                 if fh:
                     fh.write(line + "\n")
                     fh.flush()
-                if self.echo:
+                if self.echo is True or (callable(self.echo) and self.echo(ch.role.name, line)):
                     self.log(f"[{ch.role.name}] {line}")
         except (OSError, ValueError):
             pass

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-display", action="store_true", help="do not start the display even if display.enabled")
     parser.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
     parser.add_argument("--max-restarts", type=int, default=3, help="restarts allowed per crashed role (default 3)")
+    parser.add_argument("--seed", type=int, default=None, help="simulation seed (overrides simulation/agent/train seeds)")
 
 
 def check_session(cfg, origin: str, log=print):
@@ -66,6 +67,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = msgspec.structs.replace(cfg, output=msgspec.structs.replace(cfg.output, root=str(Path(args.output).resolve())))
     if args.speed <= 0:
         raise UserError(f"--speed: expected a positive factor, got {args.speed}")
+    if args.seed is not None:
+        from sim_scanner.participant import with_seed
+
+        cfg = with_seed(cfg, args.seed)
+    if args.simulate == "" and cfg.simulation.kind == "participant":  # day 1: sham run -> decnef train -> bundle
+        from runtime.outputs import session_dir
+        from sim_scanner.participant import prepare_session
+
+        cfg = prepare_session(cfg, session_dir(cfg) / "simulation", log=lambda m: print(m, flush=True))
     table, _bundle = check_session(cfg, args.config)
     if args.check:
         return 0
@@ -80,44 +90,64 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _session(cfg, args, table, work: Path) -> int:
-    import msgspec
-
+    from runtime.errors import UserError
     from runtime.outputs import session_dir
-    from runtime.supervisor import Role, Supervisor, write_config
+    from runtime.supervisor import Supervisor
 
-    roles = []
     replay_src: Path | None = None
-    if args.simulate is not None:
+    participant = args.simulate == "" and cfg.simulation.kind == "participant"
+    if args.simulate is not None and not participant:
         replay_src = Path(args.simulate) if args.simulate else simulate_source(cfg, table, session_dir(cfg) / "simulation")
         if not replay_src.exists():
-            from runtime.errors import UserError
-
             raise UserError(f"--simulate: {replay_src}: no such file or folder")
-        watch = work / "export"
-        watch.mkdir()
-        cfg = msgspec.structs.replace(cfg, scanner=msgspec.structs.replace(cfg.scanner, watch_dir=str(watch)))
-    child_cfg = write_config(cfg, work / "session.toml")
-    root = cfg.output.root
-    roles.append(Role("engine", ["engine", "--config", str(child_cfg), "--output", root], primary=True))
-    roles.append(Role("stream", ["stream", "--config", str(child_cfg), "--watch", cfg.scanner.watch_dir,
-                                 "--journal", str(work / "stream_journal"), "--count", str(table.n_scans)]))
-    if cfg.display.enabled and not args.no_display:
-        d = ["display", "--config", str(child_cfg), "--output", root]
-        if replay_src is not None:
-            d += ["--simulate-triggers", f"{table.tr / args.speed:g}"]
-        roles.append(Role("display", d, wait_for=("engine", "engine ready")))
-    if cfg.agent.enabled:
-        roles.append(Role("agent", ["agent", "--config", str(child_cfg)], wait_for=("engine", "engine ready")))
-    if replay_src is not None:
-        roles.append(Role("replay", ["replay", str(replay_src), "--to", cfg.scanner.watch_dir, "--tr", f"{table.tr:g}",
-                                     "--speed", f"{args.speed:g}", "--quiet"],
-                          restart=False, wait_for=("engine", "engine ready")))
+    cfg, roles = session_roles(cfg, table, work, replay_src=replay_src, speed=args.speed,
+                               display=cfg.display.enabled and not args.no_display, participant=participant)
     log_dir = session_dir(cfg) / "logs"
     print(f"decnef run: {', '.join(r.name for r in roles)}; outputs in {session_dir(cfg)}; logs in {log_dir}", flush=True)
     sup = Supervisor(roles, log=lambda m: print(m, flush=True), log_dir=log_dir, max_restarts=args.max_restarts)
     status = sup.run(timeout=args.timeout)
     print(f"decnef run: {'finished' if status == 0 else 'stopped' if status == 130 else 'failed'}", flush=True)
     return status
+
+
+def session_roles(cfg, table, work: Path, *, replay_src: Path | None = None, speed: float = 1.0,
+                  display: bool = False, participant: bool = False):
+    """(child config, roles) for one run: engine (primary), streamer, optional display/agent and,
+    with `replay_src`, a replay of it into `work/export` (the streamer's watch folder); with
+    `participant`, the closed-loop virtual participant (sim_scanner.participant) instead."""
+    import msgspec
+
+    from runtime.supervisor import Role, write_config
+
+    if replay_src is not None or participant:
+        watch = work / "export"
+        watch.mkdir(parents=True, exist_ok=True)
+        cfg = msgspec.structs.replace(cfg, scanner=msgspec.structs.replace(cfg.scanner, watch_dir=str(watch)))
+    child_cfg = write_config(cfg, work / "session.toml")
+    root = cfg.output.root
+    roles = [Role("engine", ["engine", "--config", str(child_cfg), "--output", root], primary=True)]
+    roles.append(Role("stream", ["stream", "--config", str(child_cfg), "--watch", cfg.scanner.watch_dir,
+                                 "--journal", str(work / "stream_journal"), "--count", str(table.n_scans)]))
+    if display:
+        d = ["display", "--config", str(child_cfg), "--output", root]
+        if replay_src is not None:
+            d += ["--simulate-triggers", f"{table.tr / speed:g}"]
+        roles.append(Role("display", d, wait_for=("engine", "engine ready")))
+    agent_extra, participant_role = [], None
+    if participant:
+        from sim_scanner.participant import participant_role as make_role
+        from sim_scanner.participant import session_speed
+
+        agent_extra, participant_role = make_role(cfg, child_cfg, work, session_speed(cfg, speed), Role)
+    if cfg.agent.enabled:
+        roles.append(Role("agent", ["agent", "--config", str(child_cfg), *agent_extra], wait_for=("engine", "engine ready")))
+    if participant_role is not None:
+        roles.append(participant_role)
+    if replay_src is not None:
+        roles.append(Role("replay", ["replay", str(replay_src), "--to", cfg.scanner.watch_dir, "--tr", f"{table.tr:g}",
+                                     "--speed", f"{speed:g}", "--quiet"],
+                          restart=False, wait_for=("engine", "engine ready")))
+    return cfg, roles
 
 
 def simulate_source(cfg, table, out: Path) -> Path:

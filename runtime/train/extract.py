@@ -37,6 +37,27 @@ class RunValues:
     corr: np.ndarray
 
 
+def valid_for_voxels(cfg: SessionConfig, rv: RunValues, cols: np.ndarray, template_roi: np.ndarray,
+                     first_scan: int) -> np.ndarray:
+    """The engine's NG decision for a bundle that holds only the voxels `cols` of the mask.
+
+    Online the template-correlation gate sees the bundle's voxels, not the candidate mask, so
+    the final decoder is trained on the validity the engine will compute for it."""
+    from runtime import qc
+
+    n = rv.values.shape[0]
+    out = np.zeros(n, dtype=bool)
+    for s in range(first_scan, n):
+        if not np.isfinite(rv.fd[s]):
+            continue  # never processed (missing)
+        vals = rv.values[s, cols]
+        corr = qc.template_correlation(vals, template_roi)
+        ng = qc.is_ng(float(rv.fd[s]), corr, fd_threshold_mm=cfg.quality.fd_threshold_mm,
+                      corr_threshold=cfg.quality.corr_threshold)
+        out[s] = not ng and bool(np.isfinite(vals).all())
+    return out
+
+
 def load_volumes(path: Path, origin: str) -> list[Volume]:
     """A run from a DICOM folder (read_series) or a 3D/4D NIfTI (load_4d), in index order."""
     if not path.exists():

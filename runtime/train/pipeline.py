@@ -23,7 +23,14 @@ from runtime.config import SessionConfig
 from runtime.errors import UserError
 from runtime.features import run_features
 from runtime.train import evaluate as ev
-from runtime.train.extract import brain_mask, extract_run, load_volumes, resample_mask
+from runtime.train.extract import (
+    RunValues,
+    brain_mask,
+    extract_run,
+    load_volumes,
+    resample_mask,
+    valid_for_voxels,
+)
 from runtime.train.samples import (
     Sample,
     baseline_range,
@@ -42,6 +49,11 @@ class TrainResult:
     report_path: Path
     report: dict
     bundle: object
+    samples: list[Sample]
+    """Every sample with a valid scan, in the row order of `features`."""
+    features: np.ndarray
+    """(n_samples, n_bundle_voxels): the features the final decoder was trained on (for its
+    training rows) - what the engine computes online for the same scans."""
 
 
 @dataclass
@@ -54,6 +66,7 @@ class RunData:
     samples: list[Sample]
     features: np.ndarray
     n_valid: np.ndarray
+    values: RunValues
 
 
 def _estimator_factory(cfg: SessionConfig) -> Callable[[], object]:
@@ -113,8 +126,12 @@ def output_path(cfg: SessionConfig, output: str | Path | None) -> Path:
     raise UserError("no output path: give --output BUNDLE or set decoder.bundle in the config")
 
 
-def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = print) -> TrainResult:
-    """Build, evaluate and save a decoder from `cfg.train`; returns paths and the report."""
+def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = print,
+          preloaded: dict[Path, list] | None = None) -> TrainResult:
+    """Build, evaluate and save a decoder from `cfg.train`; returns paths and the report.
+
+    `preloaded` maps a run's resolved source path to its volumes (already read), so a caller
+    that holds them (tests, the demo) does not read the files twice."""
     t = cfg.train
     t_start = time.perf_counter()
     if not t.runs:
@@ -129,7 +146,8 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     for i, r in enumerate(t.runs):
         origin = f"train.runs[{i}]"
         t0 = time.perf_counter()
-        vols = load_volumes(cfg.path(r.source), f"key '{origin}.source'")
+        src = cfg.path(r.source)
+        vols = preloaded[src] if preloaded and src in preloaded else load_volumes(src, f"key '{origin}.source'")
         events = read_events(cfg.path(r.events))
         tr = float(vols[0].tr) if vols[0].tr else cfg.protocol.tr
         log(f"run {i + 1}/{len(t.runs)}: {len(vols)} volumes {vols[0].shape} TR {tr:g} s, {len(events)} events "
@@ -174,7 +192,7 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
         counts = {c: sum(s.label == c for s in samples) for c in classes}
         log(f"run {i + 1}: {len(samples)} samples {counts}, baseline scans {base.start}-{base.stop - 1}, "
             f"window {t.window_scans} scan(s) shifted {delay} ({time.perf_counter() - t0:.1f} s)")
-        runs.append(RunData(i, cfg.path(t.runs[i].source), n_scans, tr, base, samples, feats, n_valid))
+        runs.append(RunData(i, cfg.path(t.runs[i].source), n_scans, tr, base, samples, feats, n_valid, rv))
 
     # 4. sample set
     keep = [(r, j) for r in runs for j, _ in enumerate(r.samples) if r.n_valid[j] > 0]
@@ -233,6 +251,11 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     rng = np.random.default_rng([t.seed & 0xFFFFFFFF, 104729])
     final_idx = ev.balance(final_idx, sset.y, sset.run, rng)
     est, sel = ev.fit_model(sset.X[final_idx], sset.y[final_idx], factory, t.n_voxels)
+    refit = _features_for_bundle(cfg, runs, keep, sel, voxels, template)
+    bundle_features = sset.X[:, sel] if refit is None else refit
+    if refit is not None:
+        est.fit(refit[final_idx], sset.y[final_idx])  # type: ignore[attr-defined]
+        log("final decoder refitted: the quality gate on the bundle's voxels flags other scans than on the whole mask")
     n_kept = ev.n_nonzero(est, len(sel))
     log(f"final decoder ({t.estimator}) on {len(final_idx)} balanced samples: {len(sel)} voxels in, {n_kept} with non-zero weight")
 
@@ -275,7 +298,33 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     report_path = out_path.parent / "report.json"
     report_path.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     log(f"wrote {out_path} (sha256 {sha[:12]}) and {report_path} in {report['elapsed_s']} s")
-    return TrainResult(out_path, report_path, report, bundle)
+    return TrainResult(out_path, report_path, report, bundle, [r.samples[j] for r, j in keep], bundle_features)
+
+
+def _features_for_bundle(cfg: SessionConfig, runs: list[RunData], keep: list, sel: np.ndarray, voxels: np.ndarray,
+                         template: np.ndarray) -> np.ndarray | None:
+    """Features of the kept samples recomputed with the engine's NG decisions for the bundle's
+    voxels; None when those decisions equal the whole-mask ones (features unchanged)."""
+    if len(sel) == len(voxels):
+        return None
+    ijk = voxels[sel]
+    template_roi = template[tuple(ijk.T)].astype(np.float64)
+    per_run: dict[int, np.ndarray] = {}
+    changed = False
+    for r in runs:
+        valid = valid_for_voxels(cfg, r.values, sel, template_roi, r.baseline.start)
+        if np.array_equal(valid, r.values.valid):
+            per_run[r.number] = r.features[:, sel]
+            continue
+        changed = True
+        feats, _ = run_features(r.values.values[:, sel], valid, r.baseline, [s.trial_window for s in r.samples],
+                                method=cfg.denoise.method, regress_scans=cfg.denoise.regress_scans,
+                                nuisance=r.values.nuisance, first_scan=r.baseline.start)
+        per_run[r.number] = feats
+    if not changed:
+        return None
+    X = np.vstack([per_run[r.number][j] for r, j in keep])
+    return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _make_bundle(est, voxels: np.ndarray, template: np.ndarray, grid_affine: np.ndarray, feature: dict, report: dict,

@@ -40,9 +40,12 @@ FINE_FWHM_MM = 0.0
 COARSE_LEVELS = ((8.0, 2), (12.0, 4))
 # Fraction of the points that must overlap the moving volume for a step to be trusted.
 MIN_OVERLAP = 0.3
-# Cap on the number of fine-level points (the most informative are kept); time per iteration is
-# linear in it, the noise-limited error about 1/sqrt of it.
-MAX_FINE_POINTS = 10000
+# Number of fine-level points (the most informative mask voxels are kept): an eighth of the
+# mask, at least 10k, at most 40k. Time per iteration is linear in it, the noise-limited error
+# about 1/sqrt of it, so fine grids (more voxels per mm) get more points.
+MIN_FINE_POINTS = 10000
+FINE_POINTS_FRACTION = 1 / 8
+MAX_FINE_POINTS = 40000
 # A coarse level only has to land inside the fine level's basin.
 COARSE_TOLERANCE_MM = 0.05
 # Give up on a level (fall back to coarse) when a step shrinks by less than this.
@@ -162,6 +165,11 @@ class _Level:
         return out, affine @ np.diag([dec[0], dec[1], dec[2], 1.0])
 
 
+def _fine_points(mask: np.ndarray) -> int:
+    n = int(mask.sum() * FINE_POINTS_FRACTION)
+    return min(max(n, MIN_FINE_POINTS), MAX_FINE_POINTS)
+
+
 def _smooth(vol: np.ndarray, kernels: tuple[np.ndarray, ...]) -> np.ndarray:
     dst = np.empty(vol.shape, np.float32)
     tmp = np.empty(vol.shape, np.float32)
@@ -196,7 +204,7 @@ class Realigner:
         lo, hi = ijk.min(axis=0), ijk.max(axis=0)
         corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
         self.corners = corners @ self.ref_affine[:3, :3].T + self.ref_affine[:3, 3]
-        self.fine = _Level(ref, self.ref_affine, mask, FINE_FWHM_MM, 1, self.centre, MAX_FINE_POINTS)
+        self.fine = _Level(ref, self.ref_affine, mask, FINE_FWHM_MM, 1, self.centre, _fine_points(mask))
         self.coarse = [_Level(ref, self.ref_affine, mask, fw, fac, self.centre, None) for fw, fac in COARSE_LEVELS]
         self._ref = ref
         self._cross: dict[tuple, _Level] = {}
@@ -220,7 +228,7 @@ class Realigner:
             mask = ndimage.map_coordinates(self.mask.astype(np.float32), coords, order=1, cval=0.0).reshape(shape[:3]) > 0.5
             if mask.sum() < 64:
                 return self.fine
-            self._cross[key] = _Level(ref.astype(np.float32), affine, mask, 0.0, 1, self.centre, MAX_FINE_POINTS)
+            self._cross[key] = _Level(ref.astype(np.float32), affine, mask, 0.0, 1, self.centre, _fine_points(mask))
         return self._cross[key]
 
     def prepare(self, shape: tuple[int, ...], affine: np.ndarray) -> None:

@@ -273,3 +273,24 @@ def test_trilinear_reslice_matches_scipy(mosaic):
         ijk = np.argwhere(np.ones(data.shape, bool))[::97]
         sub = reslice(data, affine, m, data.shape, affine, voxels=ijk)
         np.testing.assert_array_equal(sub, got.reshape(data.shape)[tuple(ijk.T)])
+
+
+def test_warmup_compiles_every_kernel(mosaic):
+    """After warmup() the first volume compiles nothing (engine requirement: volume 1 as fast as
+    volume 100): every public kernel has a signature and realigning/reslicing adds none."""
+    from numba.core.registry import CPUDispatcher
+
+    from runtime.realign import kernels
+
+    warmup()
+    public = {n: f for n, f in vars(kernels).items() if isinstance(f, CPUDispatcher) and not n.startswith("_")}
+    assert {"gn_level", "gn_sums", "sample_points", "sample_grid", "smooth3"} <= set(public)
+    assert all(f.signatures for f in public.values()), [n for n, f in public.items() if not f.signatures]
+    before = {n: len(f.signatures) for n, f in public.items()}
+    data, affine = mosaic
+    r = Realigner(data, affine)
+    r.estimate(data.astype(np.int16), affine)  # cold start (coarse levels), int16 input
+    r.estimate(data, affine)
+    reslice(data, affine, np.eye(4), data.shape, affine)
+    reslice(data, affine, np.eye(4), data.shape, affine, voxels=np.argwhere(r.mask)[:10].astype(np.int32))
+    assert {n: len(f.signatures) for n, f in public.items()} == before

@@ -70,7 +70,10 @@ class RunData:
 
 
 def _estimator_factory(cfg: SessionConfig) -> Callable[[], object]:
-    from decoders import make_decoder
+    try:
+        from decoders import make_decoder
+    except ImportError:  # older layouts export it from decoders.linear only
+        from decoders.linear import make_decoder
 
     t = cfg.train
     params: dict = {}
@@ -335,4 +338,5 @@ def _make_bundle(est, voxels: np.ndarray, template: np.ndarray, grid_affine: np.
     return bundle_from_estimator(
         est, voxels=voxels, grid_shape=tuple(template.shape), grid_affine=grid_affine, template=template,
         feature=feature, metrics=_json_safe(metrics), target_class=target,
+        voxel_means=template[tuple(np.asarray(voxels).T)].astype(np.float64),
     )

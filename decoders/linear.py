@@ -49,6 +49,7 @@ class CalibratedLinearSVC(ClassifierMixin, BaseEstimator):
         b = np.array([c.b_ for c in inner.calibrators], dtype=float)
         self.coef_ = -a[:, None] * base.coef_
         self.intercept_ = -(a * base.intercept_ + b)
+        self.n_iter_ = base.n_iter_
         self.link_ = "logistic" if self.classes_.size == 2 else "ovr"
         return self
 
@@ -68,7 +69,8 @@ class CalibratedLinearSVC(ClassifierMixin, BaseEstimator):
         return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 DECODERS = ("slr", "smlr", "l1", "l2", "svm", "roi_mean", "connectivity")

@@ -43,6 +43,11 @@ class RoiMeanDecoder(ClassifierMixin, BaseEstimator):
     def __init__(self, C: float = 1e4):
         self.C = C
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # missing voxels are left out of the mean
+        return tags
+
     def _means(self, X, reset: bool) -> np.ndarray:
         X = validate_data(self, X, dtype=np.float64, reset=reset, ensure_all_finite="allow-nan")
         m = roi_mean(X)

@@ -225,7 +225,9 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     outs = ev.run_folds(sset, folds, classes, factory, k=t.n_voxels, seed=t.seed)
     cv = ev.pooled(sset, outs, classes)
     n_vox_cv = [o.n_voxels for o in outs]
+    n_train = len(folds[0][0]) if t.split == "halves" else len(sset.y)
     log(f"cross-validation ({t.split}, {len(folds)} fold(s), {len(sset.y)} samples"
+        + (f": {n_train} before scan {min(cuts.values())} train, {cv['n_samples']} after it held out" if t.split == "halves" else "")
         + (f", {dropped} without valid scans dropped" if dropped else "")
         + f"): accuracy {cv['accuracy']:.3f}, AUC {cv['auc']:.3f}, voxels kept {np.median(n_vox_cv):.0f} "
         f"({time.perf_counter() - t0:.1f} s)")

@@ -358,3 +358,19 @@ def test_atr_export_refuses_multiclass(tmp_path):
                               metrics={}, target_class=1)
     with pytest.raises(BundleError, match="binary"):
         export_atr(b, tmp_path / "x.txt")
+
+
+def test_atr_export_folds_feature_normalisation(tmp_path):
+    from test_decoders import sparse_problem
+
+    x, y = sparse_problem(n=100, d=8, noise=0.5, seed=15)
+    x = 4 * x + 2
+    est = SparseLogisticRegression(normalize="each").fit(x, y)
+    b = bundle_from_estimator(est, voxels=np.argwhere(np.ones((2, 2, 2))), grid_shape=(2, 2, 2),
+                              grid_affine=np.eye(4), template=np.ones((2, 2, 2)), feature={},
+                              metrics={}, target_class=0)  # the negative class as target
+    export_atr(b, tmp_path / "ROI_n.txt")
+    back = import_atr(tmp_path / "ROI_n.txt", classes=("0", "1"), target_class="0")
+    sel = np.flatnonzero(b.weights[0])
+    for row in x[:10]:
+        assert back.likelihood(row[sel]) == pytest.approx(est.predict_proba(row[None])[0, 0], rel=1e-10)

@@ -151,7 +151,8 @@ class Supervisor:
     def _spawn(self, ch: _Child) -> None:
         cmd = [sys.executable, "-m", "runtime.cli.main", *ch.role.args]
         ch.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=self.env, start_new_session=True, text=True, bufsize=1)
+                                   env=self.env, start_new_session=True, text=True, bufsize=1,
+                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         ch.started = time.monotonic()
         ch.exit_code = None
         what = "restarted" if ch.restarts else "started"
@@ -233,6 +234,15 @@ class Supervisor:
             ch.done = True
             if ch.reader is not None:
                 ch.reader.join(timeout=2.0)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the supervisor dies without stopping it (kill -9), so a
+    crashed supervisor never leaves orphaned roles holding the session's ports."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 # -- config helpers used by `decnef run` / `decnef demo` ---------------------------------------

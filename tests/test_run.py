@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,40 @@ def test_sigterm_stops_every_child(base, tmp_path):
             os.kill(pid, 0)
     # the phantom source the simulation wrote, with its hidden states
     assert list((tmp_path / "out").rglob("truth.json"))
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_killed_supervisor_leaves_no_orphans(base, tmp_path):
+    d, _ = base
+    cmd = [sys.executable, "-m", "runtime.cli.main", "run", str(d / "session12.toml"), "--simulate", "--speed", "1",
+           "--free-ports", "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = re.search(r"started \(pid (\d+)\)", line)
+            if m:
+                pids.append(int(m.group(1)))
+            if "replay started" in line:
+                break
+        assert len(pids) == 3
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in pids if _alive(p)]
+    finally:
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -63,7 +63,6 @@ def _events(studyforrest_dir: Path):
 def test_bundle_predicts_second_half_volumes_online(forrest, studyforrest_dir):
     """The saved bundle, through the engine core, one trial per second-half volume."""
     from decoders.bundle import load_bundle
-
     from runtime.config import DecoderConfig
     from runtime.engine.core import EngineCore
     from runtime.engine.scoring import Scorer

@@ -128,12 +128,15 @@ class DisplayApp:
             self.counter.last_scan = resume.last_scan
             self.log.set_zero(origin)
         self.book = ScoreBook({t.number for t in table.trials}, run=cfg.session.run)
+        self._rated: set[int] = set()
+        for n, score in (resume.shown.items() if resume is not None else ()):
+            self.book.restore(n, score)  # counts in the mean; never shown or rated again
+            self._rated.add(n)
         self.scan = -1
         self.screen: str = S.WAITING
         self._screen_key: tuple = ()
         self._trial = 0
         self.rating: Rating | None = None
-        self._rated: set[int] = set()
         self.ratings: dict[int, int | None] = {}
         self.end_onset: float | None = None
         self.aborted = False
@@ -158,6 +161,7 @@ class DisplayApp:
     def run(self) -> int:
         """Run until the table (or --max-scans) is done, or the panic key; 0 = done, 1 = panic."""
         try:
+            self._event.clearEvents()  # keys pressed before the run are not triggers or answers
             self._change_screen(S.WAITING, trial=0)
             while not (self.finished or self.aborted):
                 for hook in self.frame_hooks:

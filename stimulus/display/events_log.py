@@ -71,6 +71,8 @@ class PreviousRun:
     last_scan: int
     finished: bool
     rows: int
+    shown: dict[int, float | None]
+    """Trials whose feedback (or no-feedback) screen was already shown, with the score shown."""
 
 
 def read_previous(path: str | Path) -> PreviousRun | None:
@@ -85,6 +87,11 @@ def read_previous(path: str | Path) -> PreviousRun | None:
         if r.get("trial_type") in ("trigger", "missed_trigger") and r.get("scan", "n/a") != "n/a":
             last_scan = max(last_scan, int(r["scan"]))
     finished = any(r.get("trial_type") in ("run_end", "panic") for r in rows)
+    shown: dict[int, float | None] = {}
+    for r in rows:
+        if r.get("trial_type") in ("feedback", "no_feedback"):
+            score = r.get("score", "n/a")
+            shown[int(r["trial"])] = None if score in ("n/a", "", None) else float(score)
     wall = None
     side = sidecar_path(p)
     if side.exists():
@@ -92,7 +99,7 @@ def read_previous(path: str | Path) -> PreviousRun | None:
             wall = json.loads(side.read_text(encoding="utf-8")).get("FirstTriggerWallTime")
         except (OSError, ValueError):
             wall = None
-    return PreviousRun(first_trigger_wall=wall, last_scan=last_scan, finished=finished, rows=len(rows))
+    return PreviousRun(first_trigger_wall=wall, last_scan=last_scan, finished=finished, rows=len(rows), shown=shown)
 
 
 def sidecar_path(path: Path) -> Path:

@@ -170,6 +170,12 @@ class ScoreBook:
             return LATE
         return ON_TIME
 
+    def restore(self, trial: int, score: float | None) -> None:
+        """A trial shown before a restart: its replayed score is a duplicate, not news."""
+        self.opened.add(trial)
+        self.shown[trial] = score
+        self.received.setdefault(trial, ScoreHeader(run=self.run, trial=trial, score=score))
+
     def open(self, trial: int) -> ScoreHeader | None:
         """The trial's feedback screen opens now: its score if it came in time, else None.
 

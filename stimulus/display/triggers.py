@@ -10,6 +10,7 @@ means k - 1 were missed), so one lost pulse does not shift the rest of the run b
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -108,15 +109,22 @@ class SimulatedTriggers:
     """
 
     def __init__(
-        self, tr: float, clock: Clock, *, lead: float | None = None, drop: Iterable[int] = ()
+        self,
+        tr: float,
+        clock: Clock,
+        *,
+        lead: float | None = None,
+        start: float | None = None,
+        drop: Iterable[int] = (),
     ) -> None:
         if tr <= 0:
             raise UserError(f"--simulate-triggers: expected a TR in seconds > 0, got {tr}")
         self.tr = tr
         self.clock = clock
         self.lead = tr if lead is None else lead
-        self.t0: float | None = None
-        self.k = 0
+        self.t0: float | None = start
+        """Time of scan 0: `start` (a scanner already running), else first poll + lead."""
+        self.k = -1
         self.drop = frozenset(drop)
 
     def poll(self) -> list[float]:
@@ -124,6 +132,8 @@ class SimulatedTriggers:
         now = self.clock()
         if self.t0 is None:
             self.t0 = now + self.lead
+        if self.k < 0:  # joining a running scanner: only triggers from now on
+            self.k = max(0, math.ceil((now - self.t0) / self.tr))
         out: list[float] = []
         while self.t0 + self.k * self.tr <= now:
             if self.k not in self.drop:

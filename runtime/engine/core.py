@@ -332,6 +332,11 @@ class EngineCore:
     def _score(self, trial: Trial, volume: int, *, late: bool, t_file_complete: float = 0.0) -> ScoreRecord:
         feat, used = self.features.trial_feature(trial.window)
         likelihood = None if feat is None else float(self.bundle.likelihood(feat))
+        if likelihood is not None and not math.isfinite(likelihood):
+            likelihood = None  # every feature NaN (e.g. zero baseline variance): no feedback
+            flags_extra = ["nan_features"]
+        else:
+            flags_extra = []
         outcome = self.scorer.score(trial.number, likelihood)
         flags = list(outcome.flags)
         if feat is None and not self.features.baseline_ready:
@@ -340,6 +345,7 @@ class EngineCore:
             flags.append("partial")
         if late:
             flags.append("late")
+        flags += flags_extra
         self.scored.add(trial.number)
         header = ScoreHeader(session=self.session_id, run=self.run, trial=trial.number,
                              condition=self.table.condition(trial.calc_scan), label=trial.label,

@@ -65,12 +65,17 @@ def load_decoder(cfg: SessionConfig) -> tuple[Any, Path]:
     except dbundle.BundleError as exc:
         msg = str(exc)
         raise BundleError(msg if str(path) in msg else f"{path}: {msg}") from None
+    if getattr(b, "kind", "linear") == "connectivity":
+        raise BundleError(f"{path}: connectivity bundles are not supported by the online engine "
+                          "(it scores window-mean voxel features: linear or roi_mean bundles)")
     target = cfg.decoder.target_class
-    if target and str(target) != str(getattr(b, "target_class", target)):
-        classes = [str(c) for c in getattr(b, "classes", [])]
+    if target and target != str(b.target_class):
+        classes = [str(c) for c in b.classes]
         if target not in classes:
             raise ConfigError(f"key 'decoder.target_class': got {target!r}; the bundle {path.name} has classes {classes}")
-        b = b.with_target(target) if hasattr(b, "with_target") else b
+        import dataclasses
+
+        b = dataclasses.replace(b, target_class=target)
     return b, path
 
 

@@ -177,6 +177,7 @@ def is_grey(px: np.ndarray) -> bool:
 
 # -- one run exercises disc sizes, missing and late scores, ratings -------------------------------
 SCORES = {1: 0, 2: 25, 3: 50, 4: 75, 5: 100}  # trial 6: no row; trial 7: arrives late
+MAIN_TR = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,7 @@ def main_run(win, tmp_path_factory):
     from stimulus.display.scores import FileScores
 
     tmp = tmp_path_factory.mktemp("main")
-    cfg = make_cfg("rating = true")
+    cfg = make_cfg("rating = true", tr=MAIN_TR)
     table = build_table(cfg.protocol)
     late_at = table.trials[6].feedback.start  # published at the scan its feedback opens: too late
     lines = ["trial\tscore\tavailable_at_scan"] + [f"{k}\t{v}\t" for k, v in SCORES.items()] + [f"7\t90\t{late_at}"]
@@ -195,10 +196,11 @@ def main_run(win, tmp_path_factory):
     def record(app):
         frames.append((app.scan, app.screen, app.screens.score, app._trial))
 
-    def answer(app):
+    def answer(app):  # all of a trial's key presses in one frame, read in order
         r = app.rating
         if r is not None and r.t_onset is not None and answers.get(r.trial):
-            press(app, answers[r.trial].pop(0))
+            for name in answers.pop(r.trial):
+                press(app, name)
 
     app = run_app(cfg, win, tmp, scores=FileScores(tmp / "scores.tsv", table), hooks=[record, answer])
     status = app.run()
@@ -250,7 +252,7 @@ def test_triggers_and_screens_logged_against_the_first_trigger(main_run):
     trig = [r for r in rows if r["trial_type"] == "trigger"]
     n = table.n_scans  # the scanner may go on while the end screen is up: those are logged too
     assert [int(r["scan"]) for r in trig][:n] == list(range(n))
-    assert all(abs(float(r["onset"]) - 0.1 * int(r["scan"])) < 1e-3 for r in trig)  # scheduled clock
+    assert all(abs(float(r["onset"]) - MAIN_TR * int(r["scan"])) < 1e-3 for r in trig)  # scheduled clock
     assert not [r for r in rows if r["trial_type"] == "missed_trigger"]
     onset_of_trigger = {int(r["scan"]): float(r["onset"]) for r in trig}
     screens = [r for r in rows if r["trial_type"] in ("fixation", "iti", "induction", "feedback", "no_feedback")]
@@ -302,14 +304,15 @@ def test_key_triggers_counted_with_a_missed_one(win, tmp_path):
 
     from stimulus.display.triggers import KeyTriggers
 
-    cfg = make_cfg(proto="1")
+    tr = 0.2
+    cfg = make_cfg(proto="1", tr=tr)
     sched = {"t0": None, "k": 0}
 
     def scanner(app):  # the trigger box types '5' every TR; the pulse of scan 3 is lost
         now = core.getTime()
         if sched["t0"] is None:
-            sched["t0"] = now + 0.1
-        while sched["t0"] + sched["k"] * 0.1 <= now:
+            sched["t0"] = now + tr
+        while sched["t0"] + sched["k"] * tr <= now:
             if sched["k"] != 3:
                 press(app, "5")
             sched["k"] += 1
@@ -326,7 +329,8 @@ def test_serial_ttl_triggers_over_a_pseudo_terminal(win, tmp_path):
 
     from stimulus.display.triggers import SerialTriggers
 
-    cfg = make_cfg(proto="1")
+    tr = 0.2
+    cfg = make_cfg(proto="1", tr=tr)
     master, slave = os.openpty()
     stop = threading.Event()
 
@@ -336,7 +340,7 @@ def test_serial_ttl_triggers_over_a_pseudo_terminal(win, tmp_path):
             if k != 2:
                 os.write(master, b"\x01")
             k += 1
-            time.sleep(0.1)
+            time.sleep(tr)
 
     th = threading.Thread(target=ttl, daemon=True)
     try:

@@ -295,6 +295,9 @@ def prepare_session(cfg: SessionConfig, out: Path, *, log: Log = print) -> Sessi
     decoder.bundle set to it (reused when this seed's bundle already exists)."""
     from runtime.train import train
 
+    if cfg.stimulator.kind != "tcs2":
+        raise UserError(f"key 'stimulator.kind': got {cfg.stimulator.kind!r}; the virtual participant's thermode is an "
+                        "emulated TCS II: expected 'tcs2' with simulation.kind = 'participant'")
     seed = cfg.simulation.seed
     folder = Path(out) / f"day1-seed{seed}"
     bundle = folder / "decoder" / "pain_high_vs_low.npz"

@@ -163,3 +163,23 @@ def test_closed_loop_volumes_follow_what_the_thermode_did(tmp_path):
     high = np.mean([proj[list(table.trials[k].window)].mean() for k in (0, 2)])
     low = np.mean([proj[list(table.trials[k].window)].mean() for k in (1, 3)])
     assert high > low
+
+
+def test_cli_day1_mode_and_one_line_errors(tmp_path):
+    import subprocess
+    import sys
+
+    cfg_text = CONFIG.read_text().replace("day1_trials = 30", "day1_trials = 4")
+    cfg_path = tmp_path / "pain.toml"
+    cfg_path.write_text(cfg_text)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "runtime.cli.main", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120)
+    ok = run("participant", "--config", str(cfg_path), "--day1", str(tmp_path / "d1"))
+    assert ok.returncode == 0, ok.stderr
+    assert len(list((tmp_path / "d1" / "dicom").glob("*.dcm"))) == 3 + 5 + 4 * 6
+    assert (tmp_path / "d1" / "events.tsv").read_text().count("\n") == 5
+    bad = run("participant", "--config", str(cfg_path))
+    assert bad.returncode == 2 and "--watch" in bad.stderr and "Traceback" not in bad.stderr
+    nodev = run("agent", "--config", str(cfg_path), "--port", str(tmp_path / "no-such-tty"), "--output", str(tmp_path))
+    assert nodev.returncode == 2 and "Traceback" not in nodev.stderr
+    assert len(nodev.stderr.strip().splitlines()) == 1 and "cannot open serial port" in nodev.stderr

@@ -295,8 +295,14 @@ class Agent:
         kw: dict[str, Any] = {"clock": self.clock} if cfg.stimulator.kind == "simulated" else {}
         limits = SafetyLimits.from_config(cfg.stimulator)
         self.guard = SafetyGuard(build_stimulator(cfg.stimulator, **kw), limits, self.device_path, clock=self.clock)
-        self.guard.connect()
-        self.guard.baseline()
+        from stimulus.devices import DeviceError
+
+        try:
+            self.guard.connect()
+            self.guard.baseline()
+        except DeviceError as exc:
+            self.guard.close()
+            raise UserError(f"stimulator ({cfg.stimulator.kind}): {exc}") from None
         if resumed:
             last = history.last_command
             onset = busy = None

@@ -92,7 +92,6 @@ def _online_features(cfg, bundle, samples, baseline, volumes):
 
 def test_training_features_equal_engine_features(trained):
     from decoders.bundle import load_bundle
-
     from runtime.dicom import read_series
 
     cfg, res, out, _, _ = trained
@@ -112,7 +111,6 @@ def test_training_features_equal_engine_features(trained):
 def test_engine_features_match_an_independent_computation(trained):
     """Full-volume reslice + explicit least-squares detrend/z-score, no shared feature code."""
     from decoders.bundle import load_bundle
-
     from runtime.dicom import read_series
     from runtime.realign import Realigner, reslice
 
@@ -207,3 +205,29 @@ def test_cli_bad_events_exit_2(trained, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "line 2: onset/duration must be numbers" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_leave_one_run_out_with_a_dicom_run_and_a_nifti_run(trained, tmp_path):
+    """split = "runs": two localizer runs (DICOM folder + 4D NIfTI, with their own motion),
+    both realigned to volume 0 of the first; one fold per run; labels permuted within runs."""
+    from runtime.train import train
+
+    _, _, out, _, ph = trained
+    run2 = P.localizer_run(ph, noise=P.NoiseModel(noise=0.012, motion_mm=0.3), effect=0.02, seed=7,
+                           n_blocks_per_class=3, block_scans=6, rest_scans=4, lead_scans=8)
+    run2.write_nifti(tmp_path / "run2.nii.gz")
+    run2.write_events(tmp_path / "run2_events.tsv")
+    cfg = parse_config(
+        "[train]\n"
+        f'runs = [{{ source = "{out}/loc/dicom", events = "{out}/loc/events.tsv" }}, '
+        '{ source = "run2.nii.gz", events = "run2_events.tsv" }]\n'
+        f'roi_mask = "{out}/loc/roi.nii.gz"\nclasses = ["target", "other"]\nsplit = "runs"\nn_permutations = 2\n',
+        origin="loro.toml", base_dir=str(tmp_path))
+    lines: list[str] = []
+    res = train(cfg, tmp_path / "b.npz", log=lines.append)
+    rep = res.report
+    assert rep["n_folds"] == 2 and len(rep["runs"]) == 2
+    assert rep["runs"][1]["source"].endswith("run2.nii.gz") and rep["runs"][1]["n_scans"] == len(run2.volumes)
+    assert rep["cv_auc"] >= 0.8 and rep["n_samples"] == 48
+    assert {s.run for s in res.samples} == {0, 1}
+    assert sum("realigned" in ln for ln in lines) == 2

@@ -125,7 +125,7 @@ def output_path(cfg: SessionConfig, output: str | Path | None) -> Path:
     if output:
         return Path(output)
     if cfg.decoder.bundle:
-        return cfg.path(cfg.decoder.bundle)
+        return cfg.path(cfg.decoder.bundle).resolve()
     raise UserError("no output path: give --output BUNDLE or set decoder.bundle in the config")
 
 

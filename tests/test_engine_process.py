@@ -331,3 +331,54 @@ def test_end_of_run_message(forrest, bundle_file, tmp_path):
     rows = read_tsv(RunFiles.for_run(cfg).scores)
     assert [int(r["trial"]) for r in rows] == list(range(1, 8))  # one row per trial, always
     assert all(r["score"] == "n/a" and "no_feedback" in r["flags"] for r in rows[4:])  # never acquired
+
+
+def test_recovery_restores_a_published_score_the_crash_kept_out_of_the_file(forrest, bundle_file, tmp_path):
+    """Crash after a score was published (journaled) but before its row was written, and before
+    the calc volume's motion row: the restart writes the row from the journal, reprocesses the
+    volume without scoring the trial again, and every file ends with one row per item."""
+    from runtime.engine.process import Engine
+    from runtime.outputs import SCORE_COLUMNS, TsvWriter
+
+    data, affine = forrest
+    cfg = load_config(write_config(tmp_path, bundle_file))
+    files = RunFiles.for_run(cfg)
+
+    def feed(engine, indices):
+        for i in indices:
+            v = Volume(data=data[i], affine=affine, index=i, tr=2.0)
+            h = volume_header(v, t_file_complete=time.time())
+            h.seq = i
+            engine.handle(h, volume_payload(v).tobytes())
+
+    e1 = Engine(cfg, log=lambda s: None)
+    feed(e1, range(28))  # trial 2 scored at volume 27
+    e1.close()
+    # what a kill between "score published" and "rows written" leaves behind
+    rows = read_tsv(files.scores)
+    assert [int(r["trial"]) for r in rows] == [1, 2]
+    files.scores.unlink()
+    w = TsvWriter(files.scores, SCORE_COLUMNS)
+    w.write(rows[0])
+    w.close()
+    motion = files.motion.read_text().splitlines(keepends=True)
+    files.motion.write_text("".join(motion[:-1]))  # volume 27's row never written
+    timing = files.timing.read_text().splitlines(keepends=True)
+    files.timing.write_text("".join(timing[:-1]))
+
+    e2 = Engine(cfg, log=lambda s: None)
+    assert e2.recovered.appended_scores == 1 and e2.recovered.scored == {1, 2}
+    assert e2.core.last_index == 26 and e2.recovered.last_seq == 26
+    assert [int(r["trial"]) for r in read_tsv(files.scores)] == [1, 2]
+    assert read_tsv(files.scores)[1]["score"] == rows[1]["score"]
+    feed(e2, range(27, 100))
+    e2.close()
+    assert e2.finished
+    assert [int(r["trial"]) for r in read_tsv(files.scores)] == list(range(1, 8))
+    assert [int(r["volume"]) for r in read_tsv(files.motion)] == list(range(100))
+    from runtime.engine.recovery import journal_scores
+    from runtime.transport import Journal, journal_path
+
+    j = Journal(journal_path(files.journal, "scores"))
+    assert sorted(h.trial for h in journal_scores(j)) == list(range(1, 8))  # trial 2 published once
+    j.close()

@@ -544,3 +544,42 @@ def test_cli_bad_scores_file_is_one_line_error(tmp_path):
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "expected a TSV with columns 'trial' and 'score'" in res.stderr
 
+
+
+def test_cli_with_engine_scores_over_zeromq_and_events_published(x_display, win, tmp_path):
+    """The production path: scores from a live ReliablePublisher (the engine's role), display
+    events (triggers, onsets) published for the agent."""
+    from runtime.transport import ReliablePublisher, ReliableSubscriber
+
+    eps = {k: _free_endpoint() for k in ("scores", "scores_replay", "events", "events_replay")}
+    (tmp_path / "cfg.toml").write_text(
+        "[protocol]\ntr = 2.0\ndiscard_scans = 1\nbaseline_scans = 1\nn_trials = 2\nend_scans = 1\n"
+        "window_start = 0\nwindow_end = 0\n"
+        "[protocol.trial]\nrest_scans = 1\ninduction_scans = 1\ndelay_scans = 0\ncalc_scans = 1\nfeedback_scans = 1\n"
+        "[display]\nsize = [320, 240]\nmax_radius_px = 80\nend_screen_s = 0.1\n"
+        "[endpoints]\n" + "".join(f'{k} = "{v}"\n' for k, v in eps.items())
+    )
+    with ReliablePublisher(eps["scores"], eps["scores_replay"], None, stream="scores") as engine:
+        # published before the display starts: it must catch up from the replay endpoint
+        engine.publish(ScoreHeader(trial=1, score=40.0, run=1))
+        engine.publish(ScoreHeader(trial=2, score=None, run=1))
+        cmd = [sys.executable, "-m", "runtime.cli.main", "display", "--config", str(tmp_path / "cfg.toml"),
+               "--simulate-triggers", "0.2", "--output", str(tmp_path / "out")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sub = ReliableSubscriber(eps["events"], eps["events_replay"], topics=[TOPIC_EVENT])
+        names: list[str] = []
+        try:
+            while proc.poll() is None:
+                msg = sub.recv(100)
+                if msg is not None:
+                    names.append(msg[0].name)
+            while (msg := sub.recv(500)) is not None:
+                names.append(msg[0].name)
+        finally:
+            sub.close()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    rows = read_events(tmp_path / "out/sub-01/ses-01/func/sub-01_ses-01_task-decnef_run-1_events.tsv")
+    fb = [(r["trial_type"], r["trial"], r["score"]) for r in rows if r["trial_type"] in ("feedback", "no_feedback")]
+    assert fb == [("feedback", "1", "40"), ("no_feedback", "2", "n/a")]
+    assert names.count("trigger") >= 11 and "onset" in names and "run_end" in names

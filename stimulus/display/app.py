@@ -44,6 +44,11 @@ _CONDITION_SCREEN = {
     P.END: S.END,
 }
 
+def _screen_of(condition: str) -> str:
+    """The screen a condition prescribes (feedback: the disc/bar or its no-feedback stand-in)."""
+    return S.FEEDBACK if condition == P.FEEDBACK else _CONDITION_SCREEN[condition]
+
+
 MIN_FRAME_S = 0.004
 """Without vsync (Xvfb, some drivers) flips return at once; sleep so the loop does not spin."""
 
@@ -381,9 +386,10 @@ class DisplayApp:
             return 0.0
         if name == S.END:
             return max(self.d.end_screen_s, self.tr * max(0, self.table.n_scans - scan))
-        cond = self.table.condition(scan)
-        n = 0
-        while scan + n < self.table.n_scans and self.table.condition(scan + n) == cond:
+        # the screen lasts while the table keeps prescribing it for the same trial
+        key = _screen_of(self.table.condition(scan)), self._trial_at(scan)
+        n = 1
+        while scan + n < self.table.n_scans and (_screen_of(self.table.condition(scan + n)), self._trial_at(scan + n)) == key:
             n += 1
         return n * self.tr
 

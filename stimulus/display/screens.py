@@ -6,8 +6,8 @@ off-screen to warm up fonts and shaders, and afterwards a screen change only set
 a bar height, a marker position or a text.
 
 Disc feedback follows the ATR DecNef program (METHOD.md §1.4 item 10, E14): a filled disc of
-radius R = round(score / 100 · R_max), reference circles at R_max and R_max/2 drawn under it
-(the part outside the disc stays visible), and a fixation dot on top.
+radius R = round(score / 100 · R_max), thin reference circles at R_max and R_max/2 drawn over
+it (so both stay visible whatever the score), and a fixation dot on top.
 """
 
 from __future__ import annotations
@@ -164,10 +164,10 @@ class Screens:
 
     def _draw_feedback(self) -> None:
         if self.kind == "disc":
-            self.ref_outer.draw()
-            self.ref_inner.draw()
             if self._disc_r > 0 and self.score is not None:
                 self.disc.draw()
+            self.ref_outer.draw()
+            self.ref_inner.draw()
             self.dot.draw()
         else:
             self.bar_frame.draw()

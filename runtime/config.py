@@ -130,7 +130,7 @@ class DisplayConfig(_Section):
     enabled: bool = False
     feedback: Literal["disc", "bar"] = "disc"
     max_radius_px: PosInt = 300
-    size: list[PosInt] = msgspec.field(default_factory=lambda: [1024, 768])
+    size: Annotated[list[PosInt], Meta(min_length=2, max_length=2)] = msgspec.field(default_factory=lambda: [1024, 768])
     fullscreen: bool = False
     screen: NonNegInt = 0
     trigger_key: str = "5"
@@ -140,7 +140,7 @@ class DisplayConfig(_Section):
     missed_trigger_factor: Annotated[float, Meta(gt=1, le=3)] = 1.5
     """A trigger interval above this many TRs means round(interval / TR) - 1 triggers were missed."""
     rating: bool = False
-    rating_keys: list[str] = msgspec.field(default_factory=lambda: ["1", "2", "3"])
+    rating_keys: Annotated[list[str], Meta(min_length=3, max_length=3)] = msgspec.field(default_factory=lambda: ["1", "2", "3"])
     """Rating keys (or button-box buttons): move down, move up, confirm."""
     rating_start: Annotated[int, Meta(ge=0, le=10)] = 5
     rating_prompt: str = "How well did it go? (0-10)"
@@ -151,7 +151,9 @@ class DisplayConfig(_Section):
     end_screen_s: NonNegFloat = 3.0
     """Minimum time the end-of-run screen (mean score, reward) stays up."""
     panic_key: str = "escape"
-    background: list[float] = msgspec.field(default_factory=lambda: [-1.0, -1.0, -1.0])
+    background: Annotated[list[Annotated[float, Meta(ge=-1, le=1)]], Meta(min_length=3, max_length=3)] = msgspec.field(
+        default_factory=lambda: [-1.0, -1.0, -1.0]
+    )
 
 
 class AgentConfig(_Section):

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .ard import posterior, update_alpha
+from .ard import blas_threads, posterior, update_alpha
 
 _NORMALIZE = ("none", "each")
 
@@ -54,9 +54,10 @@ def fit_slr_var(
     xa = np.ascontiguousarray(x)
     it = 0
     for it in range(1, n_iter + 1):  # noqa: B007 - `it` is returned
-        post = posterior(xa, alpha[active], 2.0 * _lambda(xi), woodbury)  # (E4)
-        wa = post.solve(xa.T @ s)
-        xi = np.sqrt((xa @ wa) ** 2 + post.diag_xsx)  # (E6)
+        with blas_threads(*xa.shape):
+            post = posterior(xa, alpha[active], 2.0 * _lambda(xi), woodbury)  # (E4)
+            wa = post.solve(xa.T @ s)
+            xi = np.sqrt((xa @ wa) ** 2 + post.diag_xsx)  # (E6)
         new_alpha = update_alpha(alpha[active], post.gamma, wa)  # (E5)
         keep = new_alpha < prune_threshold
         with np.errstate(divide="ignore", invalid="ignore"):

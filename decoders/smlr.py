@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
-from .ard import Posterior, _cholesky, posterior, update_alpha
+from .ard import Posterior, _cholesky, blas_threads, posterior, update_alpha
 from .slr import _SparseARDClassifier
 
 
@@ -158,6 +158,37 @@ def _hessian(x, p, alpha, mask, woodbury, full_hessian_max):
     return _BlockHessian(x, p, alpha, mask, woodbury)
 
 
+def _w_step(xa, t, wa, aa, ma, woodbury, full_hessian_max, max_newton_iter, newton_tol):
+    """Newton maximisation of log-likelihood - 1/2 sum(alpha w^2) over the active entries."""
+    a0 = np.where(ma, aa, 0.0)  # pruned entries (alpha = inf, w = 0) contribute nothing
+    f = _objective(xa, t, wa, aa, ma)
+    hess = None
+    for _ in range(max(1, max_newton_iter)):
+        p = _softmax(xa @ wa)
+        grad = np.where(ma, xa.T @ (t - p) - a0 * wa, 0.0)
+        # The exact Hessian is rebuilt every step (cheap when small); the block
+        # approximation is factorised once per outer iteration (at the warm start) and
+        # reused as CG preconditioner and for S: it is approximate either way.
+        if hess is None or isinstance(hess, _FullHessian):
+            hess = _hessian(xa, p, aa, ma, woodbury, full_hessian_max)
+        step = _newton_direction(xa, p, a0, ma, grad, hess)
+        # squared Newton decrement: predicted objective gain x2; stop when negligible
+        gain = float(np.sum(grad * step))
+        if not gain > newton_tol:
+            break
+        size = 1.0
+        for _ in range(30):
+            cand = wa + size * step
+            fc = _objective(xa, t, cand, aa, ma)
+            if fc >= f:
+                break
+            size *= 0.5
+        else:
+            break
+        wa, f = cand, fc
+    return wa, hess
+
+
 def fit_smlr(
     x: np.ndarray,
     y_idx: np.ndarray,
@@ -187,33 +218,10 @@ def fit_smlr(
     it = 0
     for it in range(1, n_iter + 1):  # noqa: B007 - `it` is returned
         wa, aa, ma = w[rows], alpha[rows], mask[rows]
-        a0 = np.where(ma, aa, 0.0)  # pruned entries (alpha = inf, w = 0) contribute nothing
-        f = _objective(xa, t, wa, aa, ma)
-        hess = None
-        for _ in range(max(1, max_newton_iter)):
-            p = _softmax(xa @ wa)
-            grad = np.where(ma, xa.T @ (t - p) - a0 * wa, 0.0)
-            # The exact Hessian is rebuilt every step (cheap when small); the block
-            # approximation is factorised once per outer iteration (at the warm start) and
-            # reused as CG preconditioner and for S: it is approximate either way.
-            if hess is None or isinstance(hess, _FullHessian):
-                hess = _hessian(xa, p, aa, ma, woodbury, full_hessian_max)
-            step = _newton_direction(xa, p, a0, ma, grad, hess)
-            # squared Newton decrement: predicted objective gain x2; stop when negligible
-            gain = float(np.sum(grad * step))
-            if not gain > newton_tol:
-                break
-            size = 1.0
-            for _ in range(30):
-                cand = wa + size * step
-                fc = _objective(xa, t, cand, aa, ma)
-                if fc >= f:
-                    break
-                size *= 0.5
-            else:
-                break
-            wa, f = cand, fc
-        gamma = hess.gamma(wa.shape)
+        with blas_threads(n, int(ma.sum())):
+            wa, hess = _w_step(xa, t, wa, aa, ma, woodbury, full_hessian_max,
+                               max_newton_iter, newton_tol)
+            gamma = hess.gamma(wa.shape)
         new_alpha = np.where(ma, update_alpha(aa, gamma, wa), np.inf)
         keep = ma & (new_alpha < prune_threshold)
         with np.errstate(divide="ignore", invalid="ignore"):

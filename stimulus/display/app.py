@@ -114,9 +114,9 @@ class DisplayApp:
         # win.flip() stamps with psychopy.logging.defaultClock; keys and triggers use core.getTime
         self._flip_offset = core.getTime() - plog.defaultClock.getTime()
         self._event = event
+        self._check_keys()
         self.screens = S.Screens(win, self.d)
         self.key_triggers = triggers if isinstance(triggers, KeyTriggers) else None
-        self._check_keys()
         self.screenshots = Path(screenshots) if screenshots else None
         if self.screenshots:
             self.screenshots.mkdir(parents=True, exist_ok=True)

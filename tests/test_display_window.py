@@ -583,3 +583,9 @@ def test_cli_with_engine_scores_over_zeromq_and_events_published(x_display, win,
     fb = [(r["trial_type"], r["trial"], r["score"]) for r in rows if r["trial_type"] in ("feedback", "no_feedback")]
     assert fb == [("feedback", "1", "40"), ("no_feedback", "2", "n/a")]
     assert names.count("trigger") >= 11 and "onset" in names and "run_end" in names
+
+
+def test_trigger_key_clashing_with_rating_keys_is_a_user_error(win, tmp_path):
+    cfg = make_cfg('rating = true\nrating_keys = ["5", "2", "3"]', proto="1")
+    with pytest.raises(UserError, match="must all differ"):
+        run_app(cfg, win, tmp_path, screenshots=False)

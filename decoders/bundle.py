@@ -192,7 +192,7 @@ class DecoderBundle:
     # -- scoring -----------------------------------------------------------------------------
     def features_from_timecourses(self, timecourses: np.ndarray) -> np.ndarray:
         """Connectivity bundles: ROI time courses (n_rois, n_time) -> pair features."""
-        from .connectivity import connectivity_features
+        from .correlation import connectivity_features
 
         return connectivity_features(timecourses, self.extra["pairs"],
                                      bool(self.extra.get("fisher_z", True)))

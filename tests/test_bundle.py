@@ -374,3 +374,14 @@ def test_atr_export_folds_feature_normalisation(tmp_path):
     sel = np.flatnonzero(b.weights[0])
     for row in x[:10]:
         assert back.likelihood(row[sel]) == pytest.approx(est.predict_proba(row[None])[0, 0], rel=1e-10)
+
+
+def test_loading_and_scoring_needs_no_scikit_learn(saved):
+    # the online engine imports decoders only to load and score: keep that path numpy-only
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, decoders; b = decoders.load_bundle(sys.argv[1]); "
+            "p = b.likelihood(np.zeros(b.n_features)); "
+            "assert 0 <= p <= 1 and 'sklearn' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code, str(saved)], check=True)

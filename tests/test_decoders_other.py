@@ -13,9 +13,9 @@ from decoders import (
     fisher_z,
     make_decoder,
     percent_signal_change,
-    roi_mean,
     window_correlation,
 )
+from decoders.roi_mean import roi_mean
 
 # -- window correlation (E15) ----------------------------------------------------------------
 

@@ -206,6 +206,23 @@ def test_gaps_and_a_missing_calc_scan(forrest, bundle):
         assert h.n_valid_scans == off[trial][1]
 
 
+def test_a_volume_that_cannot_be_processed_is_ng_not_a_crash(forrest, bundle):
+    data, affine = forrest
+    cfg = config()
+    core = EngineCore(cfg, bundle)
+    results = []
+    for i in range(40):
+        aff = np.zeros((4, 4)) if i == 20 else affine  # a corrupt geometry: singular affine
+        results += core.process(Volume(data=data[i], affine=aff, index=i))
+    r20 = next(r for r in results if r.volume == 20)
+    assert r20.status == "error" and r20.roi is None
+    assert r20.motion_rows[-1]["status"] == "error" and r20.motion_rows[-1]["ng"]
+    assert [e.name for e in r20.events] == ["fault"] and "volume" in r20.events[0].data
+    assert [r.status for r in results if r.volume > 20] == ["ok"] * 19
+    scores = scores_of(results)
+    assert sorted(scores) == [1, 2, 3] and scores[2].n_valid_scans == 6  # scan 20 is in trial 2's window
+
+
 def test_stale_and_duplicate_volumes_are_ignored(forrest, bundle):
     data, affine = forrest
     core = EngineCore(config(), bundle)

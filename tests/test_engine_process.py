@@ -217,6 +217,7 @@ def test_stop_event_ends_the_run_and_keeps_what_was_received(forrest, bundle_fil
     assert img.shape[3] == 8
     assert not np.asarray(img.dataobj[..., 4]).any()  # the missing volume is zeros ...
     assert json.loads(files.bold_json.read_text())["MissingVolumes"] == [4]  # ... and said so
+    assert files.volumes.is_dir()  # a stopped run keeps its spool for a restart
 
 
 def _start_engine(cfg_path: Path, lines: list[str]) -> subprocess.Popen:
@@ -291,6 +292,40 @@ def test_kill_9_mid_run_and_restart(forrest, bundle_file, tmp_path):
         assert float(r["score"]) == h.score
         assert float(r["likelihood"]) == pytest.approx(h.likelihood, abs=1e-6)
     assert nib.load(files.bold).shape == (80, 80, 35, 100)
+
+
+def test_sigterm_stops_cleanly_and_a_restart_completes_the_run(forrest, bundle_file, tmp_path):
+    data, affine = forrest
+    cfg_path = write_config(tmp_path, bundle_file)
+    cfg = load_config(cfg_path)
+    files = RunFiles.for_run(cfg)
+    streamer = Streamer(cfg, tmp_path / "stream", data, affine)
+    lines1: list[str] = []
+    lines2: list[str] = []
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_start_engine(cfg_path, lines1))
+        assert _wait(lambda: any("engine ready" in s for s in lines1), 90), lines1
+        streamer.play(range(50), 0.01).join()
+        assert _wait(lambda: len(read_tsv(files.motion)) == 50, 60)
+        procs[0].send_signal(signal.SIGTERM)
+        assert procs[0].wait(60) == 0
+        assert any(s.startswith("run end (stopped)") for s in lines1), lines1
+        assert nib.load(files.bold).shape[3] == 50
+        procs.append(_start_engine(cfg_path, lines2))
+        assert _wait(lambda: any("engine ready" in s for s in lines2), 90), lines2
+        streamer.play(range(50, 100), 0.01).join()
+        assert procs[1].wait(120) == 0, "\n".join(lines2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        streamer.pub.close()
+    assert [int(r["trial"]) for r in read_tsv(files.scores)] == list(range(1, 8))
+    assert [int(r["volume"]) for r in read_tsv(files.motion)] == list(range(100))
+    img = nib.load(files.bold)
+    assert img.shape[3] == 100 and np.allclose(np.asarray(img.dataobj[..., 10]), data[10])
+    assert not files.volumes.exists()
 
 
 def test_bad_bundle_is_one_line(tmp_path):

@@ -208,7 +208,10 @@ class EngineCore:
             self._buffer.append((vol, {"gaps": gaps, "t_file_complete": t_file_complete}))
             return []  # processed when the reference arrives
         out: list[VolumeResult] = []
-        became_ref = self._ensure_reference(vol, force=bool(self._buffer))
+        try:
+            became_ref = self._ensure_reference(vol, force=bool(self._buffer))
+        except Exception:  # noqa: BLE001 - a bad volume must not stop the run; _process_one reports it
+            became_ref = False
         for bvol, bmeta in self._buffer:
             out.append(self._process_one(bvol, bmeta["gaps"], bmeta["t_file_complete"]))
         self._buffer.clear()
@@ -242,21 +245,24 @@ class EngineCore:
             res.status = "discard"
             res.motion_rows.append({"volume": idx, "ng": True, "status": "discard", "condition": condition})
             return res
-        t0 = time.perf_counter()
-        res.is_reference = self._ensure_reference(vol)
-        matrix, params, iterations, converged = self._realign(vol)
-        t1 = time.perf_counter()
-        values = sample_roi(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine, self.voxels,
-                            order=self.order)
-        nuisance = None
-        if self.gs_voxels is not None:
-            gs = reslice(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine, voxels=self.gs_voxels,
-                         order=self.order)
-            nuisance = np.concatenate([params, [float(np.nanmean(gs)) if np.isfinite(gs).any() else np.nan]])
-        t2 = time.perf_counter()
-        res.t_realigned = time.time()
-        fd = 0.0 if self.prev_params is None else float(qc.framewise_displacement(self.prev_params, params))
-        corr = float(qc.template_correlation(values, self.template_roi))
+        try:
+            t0 = time.perf_counter()
+            res.is_reference = self._ensure_reference(vol)
+            matrix, params, iterations, converged = self._realign(vol)
+            t1 = time.perf_counter()
+            values = sample_roi(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine, self.voxels,
+                                order=self.order)
+            nuisance = None
+            if self.gs_voxels is not None:
+                gs = reslice(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine, voxels=self.gs_voxels,
+                             order=self.order)
+                nuisance = np.concatenate([params, [float(np.nanmean(gs)) if np.isfinite(gs).any() else np.nan]])
+            t2 = time.perf_counter()
+            res.t_realigned = time.time()
+            fd = 0.0 if self.prev_params is None else float(qc.framewise_displacement(self.prev_params, params))
+            corr = float(qc.template_correlation(values, self.template_roi))
+        except Exception as exc:  # noqa: BLE001 - a volume that cannot be processed is NG, never a crash
+            return self._error_result(res, idx, condition, exc, t_file_complete)
         finite = bool(np.isfinite(values).all())
         ng = bool(qc.is_ng(fd, corr, fd_threshold_mm=self.cfg.quality.fd_threshold_mm,
                            corr_threshold=self.cfg.quality.corr_threshold)) or not finite
@@ -274,6 +280,8 @@ class EngineCore:
         for trial in self._calc.get(idx, ()):
             if trial.number not in self.scored:
                 res.scores.append(self._score(trial, idx, late=False, t_file_complete=t_file_complete))
+        if idx % 50 == 0:
+            self._prune()
         t5 = time.perf_counter()
         res.timings = {"realign_ms": (t1 - t0) * 1e3, "reslice_ms": (t2 - t1) * 1e3, "qc_ms": (t3 - t2) * 1e3,
                        "features_ms": (t4 - t3) * 1e3, "score_ms": (t5 - t4) * 1e3}
@@ -284,6 +292,21 @@ class EngineCore:
         res.motion_rows.append({"volume": idx, **p, "framewise_displacement": fd, "template_corr": corr,
                                 "ng": ng, "iterations": int(iterations), "status": res.status,
                                 "condition": condition, "converged": converged})
+        return res
+
+    def _error_result(self, res: VolumeResult, idx: int, condition: str, exc: Exception,
+                      t_file_complete: float) -> VolumeResult:
+        """A volume that could not be realigned or sampled (corrupt data, wrong geometry): NG,
+        reported as a fault event, and the run goes on."""
+        self.handled[idx] = "error"
+        res.status = "error"
+        res.roi = None
+        res.events.append(EventHeader(session=self.session_id, run=self.run, name="fault",
+                                      data={"volume": idx, "error": f"{type(exc).__name__}: {exc}"[:300]}))
+        res.motion_rows.append({"volume": idx, "ng": True, "status": "error", "condition": condition})
+        for trial in self._calc.get(idx, ()):
+            if trial.number not in self.scored:
+                res.scores.append(self._score(trial, idx, late=False, t_file_complete=t_file_complete))
         return res
 
     # -- realignment ----------------------------------------------------------------------------
@@ -353,6 +376,21 @@ class EngineCore:
                              likelihood=likelihood, n_valid_scans=len(used), volume=volume,
                              flags=",".join(flags), t_file_complete=t_file_complete)
         return ScoreRecord(header=header, trial=trial)
+
+    def _prune(self) -> None:
+        """Forget ROI values no pending trial window (nor REGRESS's history) can use, so memory
+        stays flat over long runs. Detrending lives in running sums and is unaffected; what is
+        kept is exactly what `FeatureState` reads, so scores do not change."""
+        fs = self.features
+        if not fs.baseline_ready:
+            return
+        starts = [t.window.start for t in self.table.trials if t.number not in self.scored]
+        longest = max((len(t.window) for t in self.table.trials), default=0)
+        keep_from = min(starts + [self.last_index + 1, self.last_index - fs.regress_scans - longest - 2])
+        for s in [s for s in fs.values if s < keep_from]:
+            del fs.values[s]
+            fs.valid.pop(s, None)
+            fs.nuisance.pop(s, None)
 
     def finish(self, *, score_remaining: bool = True) -> list[ScoreRecord]:
         """Run end: score every trial not scored yet (flag "late"; "no_feedback" when its window

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtime.config import SessionConfig
-from runtime.errors import BundleError, ConfigError
+from runtime.errors import BundleError, ConfigError, UserError
 from runtime.messages import (
     TOPIC_CONTROL,
     TOPIC_VOLUME,
@@ -139,8 +139,11 @@ class Engine:
         self.summary = EngineSummary(output_dir=self.files.func, trials=len(self.core.table.trials))
         ep = cfg.endpoints
         self._client_keys = load_keys(cfg.path(ep.curve_keys) if ep.curve_keys else None, "client")
-        self.publisher = ReliablePublisher(ep.scores, ep.scores_replay, self.files.journal, stream="scores",
-                                           curve=load_keys(cfg.path(ep.curve_keys) if ep.curve_keys else None, "server"))
+        try:
+            self.publisher = ReliablePublisher(ep.scores, ep.scores_replay, self.files.journal, stream="scores",
+                                               curve=load_keys(cfg.path(ep.curve_keys) if ep.curve_keys else None, "server"))
+        except OSError as exc:
+            raise UserError(f"keys 'endpoints.scores'/'endpoints.scores_replay': {exc} (is another engine running?)") from None
         try:
             self.motion = TsvWriter(self.files.motion, MOTION_COLUMNS)
             self.scores = TsvWriter(self.files.scores, SCORE_COLUMNS, fsync=True)
@@ -153,9 +156,11 @@ class Engine:
                 self.summary.restarted = True
                 for rv in self.recovered.volumes:
                     self._count(rv.status)
-            bsha = getattr(bundle, "sha256", None) or (file_sha256(bundle_path) if bundle_path and bundle_path.is_file() else None)
-            write_config_and_provenance(cfg, output_root, bundle_path=bundle_path, bundle_sha256=bsha,
-                                        extra={"restart": self.summary.restarted,
+            fsha = file_sha256(bundle_path) if bundle_path and bundle_path.is_file() else None
+            write_config_and_provenance(cfg, output_root, bundle_path=bundle_path,
+                                        bundle_sha256=fsha or getattr(bundle, "sha256", None),
+                                        extra={"decoder_content_sha256": getattr(bundle, "sha256", None),
+                                               "restart": self.summary.restarted,
                                                "resumed_after_seq": self.recovered.last_seq})
             self._output_root = output_root
             self.warmup_ms = self.core.warmup()
@@ -272,7 +277,8 @@ class Engine:
         self.publisher.publish(EventHeader(session=self.core.session_id, run=self.core.run, name="engine_end",
                                            data={"reason": reason, "volumes": self.summary.volumes,
                                                  "trials_scored": len(self.summary.scores)}))
-        bold = self.write_bold()
+        complete = score_remaining
+        bold = self.write_bold(remove_spool=complete)
         update_provenance(self.cfg, self._output_root, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                           ended_by=reason, volumes=self.summary.volumes, trials_scored=len(self.summary.scores),
                           bold=bold.name if bold else None)
@@ -280,9 +286,10 @@ class Engine:
             self.log(line)
         return self.summary
 
-    def write_bold(self) -> Path | None:
+    def write_bold(self, *, remove_spool: bool = True) -> Path | None:
         """4D NIfTI + sidecar of every received volume, from the spool (missing volumes: zeros,
-        listed in the sidecar); the spool is removed once the NIfTI is safely written."""
+        listed in the sidecar). The spool is removed once the NIfTI is safely written and the run
+        is complete; a stopped run keeps it, so a restart of the run still writes every volume."""
         if self.spool is None:
             return None
         indices = self.spool.indices()
@@ -314,7 +321,8 @@ class Engine:
         save_4d(full, tmp, sidecar)
         sidecar_path(tmp).replace(self.files.bold_json)
         tmp.replace(self.files.bold)
-        shutil.rmtree(self.files.volumes, ignore_errors=True)
+        if remove_spool:
+            shutil.rmtree(self.files.volumes, ignore_errors=True)
         return self.files.bold
 
     def close(self, grace_s: float = 0.0) -> None:
@@ -334,9 +342,15 @@ def run_engine(cfg: SessionConfig, *, output_root: str | Path | None = None,
     SIGTERM or Ctrl-C). Usable in-process (`decnef run`) or as the `decnef engine` process."""
     stop = stop_event or threading.Event()
     engine = Engine(cfg, output_root=output_root, bundle=bundle, log=log)
-    old_term = None
+    old_handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        def on_signal(signum: int, _frame: Any) -> None:
+            if signum == signal.SIGINT and stop.is_set():
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            stop.set()  # finish between two volumes, never in the middle of one
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[sig] = signal.signal(sig, on_signal)
     sub = None
     try:
         sub = engine.subscribe()
@@ -367,6 +381,6 @@ def run_engine(cfg: SessionConfig, *, output_root: str | Path | None = None,
             sub.close()
         with contextlib.suppress(KeyboardInterrupt):
             engine.close(grace_s=end_grace_s if engine.finished else 0.0)
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     return engine.summary

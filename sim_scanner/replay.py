@@ -186,6 +186,12 @@ def renumber(data: bytes, new_index: int, old_index: int, series_uid: str, files
     if "InstanceNumber" in ds:
         inst = int(ds.InstanceNumber)
         ds.InstanceNumber = inst + (new_index - old_index) * files_per_volume
+    # Enhanced multi-frame: the reader takes the volume index from each frame's
+    # TemporalPositionIndex, so shift those too (every frame by the same amount).
+    for frame in ds.get("PerFrameFunctionalGroupsSequence", []):
+        for content in frame.get("FrameContentSequence", []):
+            if "TemporalPositionIndex" in content:
+                content.TemporalPositionIndex = int(content.TemporalPositionIndex) + new_index - old_index
     return dataset_bytes(ds)
 
 

@@ -107,6 +107,16 @@ def test_replay_repeat_renumbers_into_a_longer_run(dicom_dir: Path, tmp_path: Pa
     assert len({v.series_uid for v in vols}) == 1 and vols[0].series_uid != read_series(src)[0].series_uid
 
 
+def test_replay_repeat_renumbers_enhanced_frames(dicom_dir: Path, tmp_path: Path) -> None:
+    # Enhanced files carry the volume index per frame (TemporalPositionIndex): it must move too.
+    src = dicom_dir / "siemens_enhanced_xa30_bold"
+    source = {v.index: sha1_of(v) for v in read_series(src)}
+    replay(load_source(src), tmp_path, tr=0.001, count=3, repeat=2)
+    vols = read_series(tmp_path)
+    assert [v.index for v in vols] == list(range(6))
+    assert [sha1_of(v) for v in vols] == [source[i % 3] for i in range(6)]
+
+
 def test_replay_nifti_source_as_mosaic_dicom(dicom_dir: Path, tmp_path: Path) -> None:
     from runtime.nifti_io import save_4d
 

@@ -32,6 +32,8 @@ from runtime.messages import (
     EventHeader,
     VolumeHeader,
     volume_from_message,
+    volume_header,
+    volume_payload,
 )
 from runtime.outputs import (
     MOTION_COLUMNS,
@@ -163,12 +165,25 @@ class Engine:
                                                "restart": self.summary.restarted,
                                                "resumed_after_seq": self.recovered.last_seq})
             self._output_root = output_root
-            self.warmup_ms = self.core.warmup()
+            self.warmup_ms = self.core.warmup() + self._warm_wire()
         except BaseException:
             self.publisher.close()
             raise
         self._headers: dict[int, VolumeHeader] = {}
         self.finished = False
+
+    def _warm_wire(self) -> float:
+        """Encode/decode each message kind once (msgspec builds its codecs on first use)."""
+        from runtime.messages import ScoreHeader, TelemetryHeader, decode_header, encode_header
+
+        t0 = time.perf_counter()
+        vol = Volume(data=np.zeros((2, 2, 2), np.float32), affine=np.eye(4), index=0)
+        raw = encode_header(volume_header(vol))
+        volume_from_message(decode_header(raw), volume_payload(vol).tobytes())
+        for h in (ScoreHeader(trial=0, score=1.0, likelihood=0.5), TelemetryHeader(volume=0, timings={"a": 1.0}),
+                  EventHeader(name="warmup", data={"a": [1]})):
+            decode_header(encode_header(h))
+        return (time.perf_counter() - t0) * 1e3
 
     def _count(self, status: str) -> None:
         s = self.summary

@@ -206,6 +206,28 @@ def test_gaps_and_a_missing_calc_scan(forrest, bundle):
         assert h.n_valid_scans == off[trial][1]
 
 
+def test_a_declared_gap_scores_a_trial_without_waiting_for_the_next_volume(forrest, bundle):
+    data, affine = forrest
+    cfg = config()
+    t3 = build_table(cfg.protocol).trials[2]
+    a = EngineCore(cfg, bundle)
+    b = EngineCore(cfg, bundle)
+    for i in range(t3.calc_scan):
+        a.process(Volume(data=data[i], affine=affine, index=i))
+        b.process(Volume(data=data[i], affine=affine, index=i))
+    # a: the streamer declares the calc scan missing; b: only the next volume shows it
+    ra = a.declare_missing([t3.calc_scan])
+    assert ra.status == "gap" and [row["status"] for row in ra.motion_rows] == ["missing"]
+    assert a.declare_missing([t3.calc_scan]) is None  # already written off
+    rb = b.process(Volume(data=data[t3.calc_scan + 1], affine=affine, index=t3.calc_scan + 1),
+                   gap_before=[t3.calc_scan])[0]
+    (sa,), (sb,) = ra.scores, rb.scores
+    assert sa.header.trial == sb.header.trial == 3 and "late" in sa.header.flags
+    assert sa.header.likelihood == sb.header.likelihood and sa.header.score == sb.header.score
+    ra2 = a.process(Volume(data=data[t3.calc_scan + 1], affine=affine, index=t3.calc_scan + 1), gap_before=[t3.calc_scan])[0]
+    assert ra2.scores == [] and [row["volume"] for row in ra2.motion_rows] == [t3.calc_scan + 1]
+
+
 def test_a_volume_that_cannot_be_processed_is_ng_not_a_crash(forrest, bundle):
     data, affine = forrest
     cfg = config()

@@ -26,6 +26,7 @@ from runtime.messages import (
     TOPIC_SCORE,
     TOPIC_TELEMETRY,
     ControlHeader,
+    EventHeader,
     volume_header,
     volume_payload,
 )
@@ -355,17 +356,25 @@ def test_end_of_run_message(forrest, bundle_file, tmp_path):
     th.start()
     try:
         assert ready.wait(60)
-        streamer.play(range(40), 0.005).join()
-        streamer.pub.publish(ControlHeader(command="end_of_run"))
+        streamer.play(range(39), 0.005).join()
+        files = RunFiles.for_run(cfg)
+        assert _wait(lambda: len(read_tsv(files.scores)) == 2, 30)
+        streamer.pub.publish(EventHeader(name="gap", data={"indices": [39], "reason": "test"}))  # trial 3's calc scan
+        assert _wait(lambda: len(read_tsv(files.scores)) == 3, 30)  # scored without a later volume
+        streamer.pub.publish(ControlHeader(command="end_of_run", data={"next_index": 45}))
         th.join(30)
     finally:
         stop.set()
         th.join(30)
         streamer.pub.close()
     assert out["s"].ended_by == "end_of_run"
-    rows = read_tsv(RunFiles.for_run(cfg).scores)
+    rows = read_tsv(files.scores)
     assert [int(r["trial"]) for r in rows] == list(range(1, 8))  # one row per trial, always
-    assert all(r["score"] == "n/a" and "no_feedback" in r["flags"] for r in rows[4:])  # never acquired
+    assert rows[2]["score"] != "n/a" and "late" in rows[2]["flags"] and rows[2]["volume"] == "39"
+    assert all(r["score"] == "n/a" and "no_feedback" in r["flags"] for r in rows[3:])  # never acquired
+    motion = read_tsv(files.motion)
+    assert [int(r["volume"]) for r in motion] == list(range(45))  # the declared tail is written off
+    assert [r["status"] for r in motion[39:]] == ["missing"] * 6
 
 
 def test_recovery_restores_a_published_score_the_crash_kept_out_of_the_file(forrest, bundle_file, tmp_path):

@@ -103,7 +103,8 @@ class VolumeResult:
 
     volume: int
     status: str
-    """ok / ng / discard / stale (a duplicate or a volume older than one already handled)."""
+    """ok / ng / discard / error (could not be processed) / stale (a duplicate or older than a
+    volume already handled) / gap (no volume: missing ones declared by the streamer)."""
     scores: list[ScoreRecord] = field(default_factory=list)
     telemetry: TelemetryHeader | None = None
     events: list[EventHeader] = field(default_factory=list)
@@ -219,6 +220,27 @@ class EngineCore:
         res.is_reference = res.is_reference or became_ref
         out.append(res)
         return out
+
+    def declare_missing(self, indices: Iterable[int]) -> VolumeResult | None:
+        """The streamer declared volumes missing (gap event, end of run) before any later volume
+        arrived: write them off now and score the trials whose calc scan was among them, rather
+        than waiting for the next volume (same state, hence same score, only earlier)."""
+        wanted = sorted(int(i) for i in indices if int(i) > self.last_index)
+        if not wanted or self._buffer:
+            return None
+        upto = wanted[-1]
+        res = VolumeResult(volume=upto, status="gap")
+        missing = [m for m in range(self.last_index + 1, upto + 1) if m not in self.handled]
+        res.scores.extend(self._score_pending(upto + 1))
+        for sc in res.scores:
+            sc.header.volume = upto  # triggered by the declaration of this (missing) volume
+        for m in missing:
+            self.handled[m] = "missing"
+            res.motion_rows.append(self._missing_row(m))
+        self.last_index = upto
+        res.events.append(EventHeader(session=self.session_id, run=self.run, name="gap",
+                                      data={"missing": missing, "before": upto + 1}))
+        return res
 
     def _missing_row(self, m: int) -> dict[str, Any]:
         return {"volume": m, "ng": True, "status": "missing", "condition": self.table.condition(m)}

@@ -27,6 +27,7 @@ from runtime.config import SessionConfig
 from runtime.errors import BundleError, ConfigError, UserError
 from runtime.messages import (
     TOPIC_CONTROL,
+    TOPIC_EVENT,
     TOPIC_VOLUME,
     ControlHeader,
     EventHeader,
@@ -203,15 +204,29 @@ class Engine:
         from runtime.transport import ReliableSubscriber
 
         ep = self.cfg.endpoints
-        return ReliableSubscriber(ep.volumes, ep.volumes_replay, topics=[TOPIC_VOLUME, TOPIC_CONTROL],
+        return ReliableSubscriber(ep.volumes, ep.volumes_replay, topics=[TOPIC_VOLUME, TOPIC_CONTROL, TOPIC_EVENT],
                                   start_seq=self.recovered.last_seq + 1, curve=self._client_keys)
 
     def handle(self, header: Any, payload: Any, t_received: float | None = None) -> bool:
         """One message from the volume stream; True when the run is over."""
         t_received = time.time() if t_received is None else t_received
+        if isinstance(header, EventHeader):
+            if header.name == "gap":
+                res = self.core.declare_missing(header.data.get("indices", ()))
+                if res is not None:
+                    self._emit(res, None, 0.0, t_received)
+            return False
         if isinstance(header, ControlHeader):
-            if header.command in ("end_of_run", "stop"):
+            if header.command == "end_of_run":
+                nxt = header.data.get("next_index")
+                if isinstance(nxt, int) and nxt - 1 > self.core.last_index:
+                    res = self.core.declare_missing(range(self.core.last_index + 1, nxt))
+                    if res is not None:
+                        self._emit(res, None, 0.0, t_received)
                 self.finish(score_remaining=True, reason=header.command)
+                return True
+            if header.command == "stop":
+                self.finish(score_remaining=False, reason="stop")
                 return True
             if header.command == "abort":
                 self.finish(score_remaining=False, reason="abort")
@@ -220,7 +235,12 @@ class Engine:
         if not isinstance(header, VolumeHeader):
             return False
         td = time.perf_counter()
-        vol = volume_from_message(header, payload)
+        try:
+            vol = volume_from_message(header, payload)
+        except (ValueError, TypeError) as exc:  # payload does not match its header: skip it (a gap)
+            self.publisher.publish(EventHeader(session=self.core.session_id, run=self.core.run, name="fault",
+                                               data={"volume": header.index, "error": f"undecodable volume: {exc}"[:300]}))
+            return False
         decode_ms = (time.perf_counter() - td) * 1e3
         self._headers[vol.index] = header
         results = self.core.process(vol, gap_before=header.gap_before, t_file_complete=header.t_file_complete)
@@ -233,7 +253,7 @@ class Engine:
             return True
         return False
 
-    def _emit(self, res: VolumeResult, header: VolumeHeader, decode_ms: float, t_received: float) -> None:
+    def _emit(self, res: VolumeResult, header: VolumeHeader | None, decode_ms: float, t_received: float) -> None:
         tp = time.perf_counter()
         pub = self.publisher
         for sc in res.scores:
@@ -260,7 +280,7 @@ class Engine:
         if res.roi is not None:
             values, valid, nuisance = res.roi
             self.roi.append(res.volume, valid, values, nuisance)
-        latency = (t_processed - header.t_file_complete) * 1e3 if header.t_file_complete else float("nan")
+        latency = (t_processed - header.t_file_complete) * 1e3 if header is not None and header.t_file_complete else float("nan")
         for sc in res.scores:
             self.scores.write(sc.row())
             self.summary.scores[sc.header.trial] = sc.header.score
@@ -269,6 +289,8 @@ class Engine:
         for row in res.motion_rows:
             self.motion.write(row)
             self._count(row["status"])
+        if header is None:
+            return  # missing volumes declared by the streamer: no timing row
         self.timing.write({
             "volume": res.volume, "seq": header.seq, "t_file_complete": header.t_file_complete or None,
             "t_published": header.t_sent or None, "t_received": t_received, "t_realigned": res.t_realigned or None,

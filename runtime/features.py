@@ -72,20 +72,32 @@ def zscore(detrended: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return (np.asarray(detrended, dtype=np.float64) - mu) / sd
 
 
+MIN_RESIDUAL_DOF = 5
+"""Scans a regression must leave over after its columns; fewer would fit the data perfectly."""
+
+
 def regress_nuisance(values: np.ndarray, nuisance: np.ndarray | None, spikes: Iterable[int] = ()) -> np.ndarray:
     """E8 (ATR REGRESS): ŷ = y − X·pinv(X)·y + mean(y) over a window of scans.
 
     `values` (K, V); `nuisance` (K, p) columns (motion, their differences, WM/CSF/global means,
     their differences) are mean-centred here; one spike column per row index in `spikes`
-    (NG scans) and a constant are added.
+    (NG scans) and a constant are added. A window too short for all of that (early in a run,
+    e.g. at the end of the baseline) would be fitted exactly and lose all its variance, so it
+    falls back to a constant and a linear trend (plus the spikes it has room for), keeping at
+    least MIN_RESIDUAL_DOF scans of residual.
     """
     y = np.asarray(values, dtype=np.float64)
     k = y.shape[0]
+    spikes = list(spikes)
+    room = k - MIN_RESIDUAL_DOF
     cols = [np.ones((k, 1))]
-    if nuisance is not None and nuisance.size:
+    if nuisance is not None and nuisance.size and 1 + nuisance.shape[1] + len(spikes) <= room:
         x = np.asarray(nuisance, dtype=np.float64)
         cols.append(x - x.mean(axis=0))
-    for s in spikes:
+    elif room >= 2:
+        t = np.arange(k, dtype=np.float64)
+        cols.append((t - t.mean())[:, None])
+    for s in spikes[: max(0, room - sum(c.shape[1] for c in cols))]:
         col = np.zeros((k, 1))
         col[s] = 1.0
         cols.append(col)

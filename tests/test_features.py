@@ -55,3 +55,17 @@ def test_regression_removes_nuisance_and_keeps_mean() -> None:
     np.testing.assert_allclose(out.mean(0), y.mean(0))
     centred = motion - motion.mean(0)
     assert np.abs(centred.T @ (out - out.mean(0))).max() < 1e-8
+
+
+def test_short_regression_window_keeps_its_variance() -> None:
+    # 10 baseline scans against 12 motion columns + constant would be fitted exactly (all
+    # residuals 0, so every z-score NaN); the short window falls back to a linear trend.
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(10, 4)) + 100
+    out = regress_nuisance(y, rng.normal(size=(10, 12)), spikes=[2])
+    assert np.all(out.std(axis=0) > 0.1)
+    state = FeatureState(4, range(0, 10), method="regress", regress_scans=20)
+    for s in range(16):
+        state.add_scan(s, rng.normal(size=4) + 100, valid=True, nuisance=rng.normal(size=6))
+    feat, used = state.trial_feature(range(12, 15))
+    assert used == [12, 13, 14] and feat is not None and np.all(np.isfinite(feat))

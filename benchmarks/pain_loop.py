@@ -1,10 +1,11 @@
 """Co-adaptive pain loop, end to end: optimal-choice rate per seed, reversal behaviour, run time.
 
-    python benchmarks/pain_loop.py [--seeds 0 1 2] [--reversal 16] [--speed 4]
+    python benchmarks/pain_loop.py [--seeds 0 1 2] [--reversal 16] [--reversal-seeds 0 1] [--speed 4]
 
 Runs `decnef run configs/pain_coadaptive.toml --simulate --seed N` (day-1 sham run → train →
-closed-loop day 2, every role a process) once per seed, and with `--reversal K` also a run whose
-contingency reverses at trial K. Prints a table, then one JSON line per run.
+closed-loop day 2, every role a process) once per seed, and with `--reversal K` also one run per
+`--reversal-seeds` seed whose contingency reverses at trial K (agent.reversal_trial = K). Prints a
+table, then one JSON line per run.
 """
 
 from __future__ import annotations
@@ -66,19 +67,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--reversal", type=int, default=16, help="reversal trial of the extra run (0 = none)")
-    ap.add_argument("--reversal-seed", type=int, default=0)
+    ap.add_argument("--reversal-seeds", "--reversal-seed", type=int, nargs="+", default=[0])
     ap.add_argument("--speed", type=float, default=None, help="time scale (default: the config's)")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="pain-bench-") as tmp:
         for s in args.seeds:
             results.append(run_once(s, args.speed, 0, Path(tmp)))
-        if args.reversal:
-            results.append(run_once(args.reversal_seed, args.speed, args.reversal, Path(tmp)))
-    print(f"{'seed':>4} {'rev':>4} {'status':>6} {'cv_acc':>6} {'opt 1st':>7} {'opt 2nd':>7} {'deliv':>5} {'wall s':>7}")
+        for s in args.reversal_seeds if args.reversal else []:
+            results.append(run_once(s, args.speed, args.reversal, Path(tmp)))
+    print(f"{'seed':>4} {'rev':>4} {'status':>6} {'cv_acc':>6} {'opt 1st':>7} {'opt 2nd':>7} "
+          f"{'pre8':>5} {'post8':>5} {'last8':>5} {'deliv':>5} {'wall s':>7}")
+    nan = float("nan")
     for r in results:
-        print(f"{r['seed']:>4} {r['reversal_trial']:>4} {r['status']:>6} {r['day1_cv_accuracy'] or float('nan'):>6.2f} "
-              f"{r['optimal_first_half']:>7.2f} {r['optimal_second_half']:>7.2f} {r['delivered']:>5} {r['wall_s']:>7.1f}")
+        print(f"{r['seed']:>4} {r['reversal_trial']:>4} {r['status']:>6} {r['day1_cv_accuracy'] or nan:>6.2f} "
+              f"{r['optimal_first_half']:>7.2f} {r['optimal_second_half']:>7.2f} "
+              f"{r.get('optimal_before_reversal_last8', nan):>5.2f} {r.get('optimal_first8_after_reversal', nan):>5.2f} "
+              f"{r.get('optimal_last8', nan):>5.2f} {r['delivered']:>5} {r['wall_s']:>7.1f}")
     for r in results:
         print(json.dumps(r))
     return 0

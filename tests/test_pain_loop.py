@@ -18,6 +18,7 @@ import pytest
 from runtime.config import load_config
 from runtime.outputs import read_tsv, run_file
 from runtime.protocol import build_table
+from stimulus.agent import compute_reward
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "pain_coadaptive.toml"
@@ -54,10 +55,19 @@ def test_agent_learns_the_less_painful_option(session):
     second = [r for r in rows if int(r["trial"]) > cfg.protocol.n_trials // 2]
     rate = sum(r["action"] == r["optimal_action"] for r in second) / len(second)
     assert rate >= 0.7, f"optimal choices in the second half: {rate:.2f}"
-    # the decoder really read the participant: P(high) (1 - reward) is higher after high stimuli
-    hi = [1 - float(r["reward"]) for r in rows if r["reward"] not in ("", "n/a") and float(r["stimulus_level"]) == cfg.stimulator.high_c]
-    lo = [1 - float(r["reward"]) for r in rows if r["reward"] not in ("", "n/a") and float(r["stimulus_level"]) == cfg.stimulator.low_c]
+    # the decoder really read the participant: decoded P(high) (scores.tsv likelihood; the reward may
+    # be its binary threshold, E17) is higher after high stimuli
+    lik = {int(r["trial"]): float(r["likelihood"]) for r in read_tsv(run_file(cfg, "scores.tsv", out))
+           if r["likelihood"] not in ("", "n/a")}
+    level = {int(r["trial"]): float(r["stimulus_level"]) for r in rows if r["stimulus_level"] not in ("", "n/a")}
+    hi = [p for k, p in lik.items() if level.get(k) == cfg.stimulator.high_c]
+    lo = [p for k, p in lik.items() if level.get(k) == cfg.stimulator.low_c]
     assert hi and lo and sum(hi) / len(hi) > sum(lo) / len(lo) + 0.2
+    # the agent's reward is E17 of that P(high)
+    for r in rows:
+        if r["reward"] not in ("", "n/a") and int(r["trial"]) in lik:
+            expected = compute_reward(lik[int(r["trial"])], cfg.agent.reward)
+            assert float(r["reward"]) == pytest.approx(expected, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -16,6 +16,9 @@ import struct
 import numpy as np
 from pydicom.dataset import Dataset
 
+from runtime.dicom.elements import value as _value
+from runtime.dicom.elements import values as _values
+
 CSA_CREATOR = "SIEMENS CSA HEADER"
 MR_HEADER_CREATOR = "SIEMENS MR HEADER"
 
@@ -23,12 +26,11 @@ MR_HEADER_CREATOR = "SIEMENS MR HEADER"
 def _private_block_base(ds: Dataset, group: int, creator: str) -> int | None:
     """Element base (e.g. 0x1000) of the private block `creator` in `group`, if present."""
     for el in range(0x10, 0x100):
-        c = ds.get((group, el))
-        if c is None:
+        v = _value(ds, (group, el))
+        if v is None:
             if el > 0x20:
                 break
             continue
-        v = c.value
         if isinstance(v, bytes):
             v = v.decode("latin-1", "replace")
         if isinstance(v, str) and v.strip().rstrip("\x00").upper() == creator:
@@ -36,10 +38,15 @@ def _private_block_base(ds: Dataset, group: int, creator: str) -> int | None:
     return None
 
 
+_CSA_TAG = struct.Struct("<64si4s3i")
+_CSA_ITEM = struct.Struct("<4i")
+
+
 def read_csa(blob: bytes, names: frozenset[str] | None = None) -> dict[str, list]:
     """Parse a CSA2 ("SV10") or CSA1 header into {name: [values]} (numbers converted).
 
-    With `names`, only those tags are decoded (the walk is the same; decoding is the cost)."""
+    With `names`, only those tags are decoded, and the walk stops once all of them are found
+    (a mosaic needs 3 of ~100 tags; decoding is the cost)."""
     if len(blob) < 16:
         return {}
     csa2 = blob[:4] == b"SV10"
@@ -49,28 +56,41 @@ def read_csa(blob: bytes, names: frozenset[str] | None = None) -> dict[str, list
     if not 0 < n_tags <= 1000:
         return {}
     out: dict[str, list] = {}
+    wanted_b = None if names is None else {n.encode("latin-1") for n in names}
     tag0_n_items = None
+    size = len(blob)
+    tag_unpack, item_unpack = _CSA_TAG.unpack_from, _CSA_ITEM.unpack_from
     for tag_no in range(n_tags):
-        name, vm, vr, _syngodt, n_items, _last = struct.unpack_from("<64si4s3i", blob, ptr)
+        name_b, vm, vr, _syngodt, n_items, _last = tag_unpack(blob, ptr)
         ptr += 84
-        name = name.split(b"\x00", 1)[0].decode("latin-1")
-        vr = vr.split(b"\x00", 1)[0].decode("latin-1")
+        name_b = name_b.split(b"\x00", 1)[0]
         if tag_no == 0:
             tag0_n_items = n_items
         if n_items > 1000:
             break
+        wanted = wanted_b is None or name_b in wanted_b
+        if not wanted:  # skip its items without decoding them
+            for _ in range(n_items):
+                x0, x1, _x2, _x3 = item_unpack(blob, ptr)
+                item_len = x1 if csa2 else x0 - (tag0_n_items or 0)
+                ptr += 16
+                if item_len < 0 or ptr + item_len > size:
+                    return out
+                ptr += item_len + ((4 - item_len % 4) % 4)
+            continue
+        name = name_b.decode("latin-1")
+        vr = vr.split(b"\x00", 1)[0].decode("latin-1")
         n_values = n_items if vm == 0 else vm
         items: list = []
-        wanted = names is None or name in names
         for item_no in range(n_items):
-            x0, x1, _x2, _x3 = struct.unpack_from("<4i", blob, ptr)
+            x0, x1, _x2, _x3 = item_unpack(blob, ptr)
             ptr += 16
             item_len = x1 if csa2 else x0 - (tag0_n_items or 0)
-            if item_len < 0 or ptr + item_len > len(blob):
+            if item_len < 0 or ptr + item_len > size:
                 return out
             raw = blob[ptr : ptr + item_len]
             ptr += item_len + ((4 - item_len % 4) % 4)
-            if item_no >= n_values or not wanted:
+            if item_no >= n_values:
                 continue
             s = raw.split(b"\x00", 1)[0].decode("latin-1").strip()
             if vr in ("FL", "FD", "DS"):
@@ -79,8 +99,9 @@ def read_csa(blob: bytes, names: frozenset[str] | None = None) -> dict[str, list
                 items.append(int(float(s)) if s else None)
             else:
                 items.append(s)
-        if wanted:
-            out[name] = items
+        out[name] = items
+        if wanted_b is not None and len(out) == len(wanted_b):
+            break
     return out
 
 
@@ -91,11 +112,11 @@ def csa_image_header(ds: Dataset, names: frozenset[str] | None = MOSAIC_TAGS) ->
     base = _private_block_base(ds, 0x0029, CSA_CREATOR)
     if base is None:
         return {}
-    el = ds.get((0x0029, base | 0x10))
-    if el is None or not isinstance(el.value, bytes):
+    blob = _value(ds, (0x0029, base | 0x10))
+    if not isinstance(blob, bytes):
         return {}
     try:
-        return read_csa(el.value, names)
+        return read_csa(blob, names)
     except struct.error:
         return {}
 
@@ -108,7 +129,7 @@ def _csa_scalar(csa: dict, name: str):
 
 def mosaic_info(ds: Dataset) -> tuple[int, np.ndarray | None, list[float] | None] | None:
     """(N slices, CSA slice normal or None, slice times in ms or None), or None if not a mosaic."""
-    image_type = [str(x).upper() for x in (ds.get("ImageType") or [])]
+    image_type = [str(x).upper() for x in (_values(ds, (0x0008, 0x0008)) or [])]
     csa = csa_image_header(ds)
     n = _csa_scalar(csa, "NumberOfImagesInMosaic")
     if n is None:
@@ -142,13 +163,16 @@ def tiles_per_side(n: int) -> int:
     return int(math.ceil(math.sqrt(n)))
 
 
-def unpack(mosaic: np.ndarray, n: int) -> np.ndarray:
-    """(Rows, Cols) mosaic -> (n, r, c) slices (a view where possible)."""
+def unpack(mosaic: np.ndarray, n: int, dtype=None) -> np.ndarray:
+    """(Rows, Cols) mosaic -> (n, r, c) slices (a view where possible). With `dtype`, a new
+    array of that type, made in one pass (the tile reorder and the conversion together)."""
     m = tiles_per_side(n)
     rows, cols = mosaic.shape
     r, c = rows // m, cols // m
-    tiles = mosaic[: r * m, : c * m].reshape(m, r, m, c).transpose(0, 2, 1, 3).reshape(m * m, r, c)
-    return tiles[:n]
+    grid = mosaic[: r * m, : c * m].reshape(m, r, m, c).transpose(0, 2, 1, 3)
+    if dtype is not None:
+        grid = grid.astype(dtype)  # C-contiguous (m, m, r, c): the reshape below is free
+    return grid.reshape(m * m, r, c)[:n]
 
 
 def pack(slices: np.ndarray) -> np.ndarray:

@@ -21,6 +21,8 @@ from pydicom.errors import InvalidDicomError
 
 from runtime.dicom import mosaic as _mosaic
 from runtime.dicom import scaling, slices
+from runtime.dicom.elements import value as _value
+from runtime.dicom.elements import values as _values
 from runtime.dicom.enhanced import enhanced_frames, tm_seconds
 from runtime.dicom.part import DicomPart, Frame
 from runtime.errors import DicomError, IncompleteFile
@@ -54,8 +56,7 @@ _SECONDS = {"EchoTime"}  # stored in ms in DICOM, seconds in BIDS sidecars
 
 
 def _v(ds: Dataset, tag):
-    el = ds.get(tag)
-    return None if el is None else el.value
+    return _value(ds, tag)
 
 
 def _float(ds: Dataset, tag) -> float | None:
@@ -81,8 +82,8 @@ def _str(ds: Dataset, tag) -> str:
 def _meta(ds: Dataset) -> dict:
     out: dict = {}
     for key, tag in _META_TAGS.items():
-        v = _v(ds, tag)
-        if v is None or v == "":
+        v = _values(ds, tag) if key == "ImageType" else _v(ds, tag)
+        if v is None or v == "" or v == []:
             continue
         if key == "ImageType":
             out[key] = [str(x) for x in v]
@@ -205,10 +206,10 @@ def parse_file(path: str | os.PathLike) -> DicomPart:
 
 
 def _geometry(ds: Dataset, path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float], float | None]:
-    iop = _v(ds, (0x0020, 0x0037))
-    ipp = _v(ds, (0x0020, 0x0032))
-    ps = _v(ds, (0x0028, 0x0030))
-    if iop is None or ipp is None or ps is None:
+    iop = _values(ds, (0x0020, 0x0037))
+    ipp = _values(ds, (0x0020, 0x0032))
+    ps = _values(ds, (0x0028, 0x0030))
+    if not iop or not ipp or not ps:
         raise DicomError(f"{path}: no ImageOrientationPatient/ImagePositionPatient/PixelSpacing")
     sbs = _float(ds, (0x0018, 0x0088))
     st = _float(ds, (0x0018, 0x0050))
@@ -241,9 +242,12 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
         n, normal, times_ms = info_m
         part.layout = "mosaic"
         vol = (inst if inst is not None else acq or 1) - 1
-        tiles = _mosaic.unpack(raw, n)
-        px = _scaled(tiles, a, b)
-        first = _mosaic.first_slice_position(ipp, iop, ps, raw.shape, tiles.shape[1:])
+        px = _mosaic.unpack(raw, n, np.float32)  # one copy: tiles reordered into float32
+        if a != 1.0:
+            px *= np.float32(a)
+        if b != 0.0:
+            px += np.float32(b)
+        first = _mosaic.first_slice_position(ipp, iop, ps, raw.shape, px.shape[1:])
         if normal is None:
             from runtime.dicom.affine import slice_normal
 

@@ -97,9 +97,9 @@ def sidecar_for(volumes: list[Volume]) -> dict:
     if v0.series_number is not None:
         out["SeriesNumber"] = int(v0.series_number)
     if v0.tr is not None:
-        out["RepetitionTime"] = float(v0.tr)
+        out["RepetitionTime"] = round(float(v0.tr), 6)  # float32 headers add noise below 1 µs
     if v0.slice_times is not None:
-        out["SliceTiming"] = [float(t) for t in v0.slice_times]
+        out["SliceTiming"] = [round(float(t), 6) for t in v0.slice_times]
     out["NumberOfVolumes"] = len(volumes)
     idx = [v.index for v in volumes]
     expected = list(range(idx[0], idx[0] + len(idx)))

@@ -46,7 +46,7 @@ def _slice_times(frames: list[Frame], tr: float | None) -> tuple[float, ...] | N
             arr = arr / 10000.0
             if float(arr.max()) >= tr:
                 return None
-    return tuple(float(round(t, 6)) for t in arr)
+    return tuple(np.round(arr, 6).tolist())  # same values as round() per np.float64, one call
 
 
 def _stack_reader_order(pixels: list[np.ndarray]) -> np.ndarray:

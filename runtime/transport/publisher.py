@@ -149,8 +149,12 @@ class ReliablePublisher:
             stamp(header, seq)
             raw = encode_header(header)
             self.journal.append(seq, topic, raw, buf)  # stored before anyone can see it
-            frames = [topic, raw] if buf is None else [topic, raw, buf]
-            self._pub.send_multipart(frames, copy=False)
+            if buf is None:
+                self._pub.send_multipart([topic, raw])
+            else:  # small frames copied (cheaper than zero-copy bookkeeping), the payload not
+                self._pub.send(topic, zmq.SNDMORE)
+                self._pub.send(raw, zmq.SNDMORE)
+                self._pub.send(buf, copy=False)
             self._next_seq = seq + 1
         return seq
 

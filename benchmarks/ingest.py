@@ -62,8 +62,10 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def floor_parse_ms(files: list[Path], repeats: int = 3) -> list[float]:
-    """parse_file alone on the same files (page cache warm), ms per file."""
+def floor_parse_ms(files: list[Path], repeats: int = 10) -> list[float]:
+    """parse_file alone on the same files (page cache warm, one unmeasured pass), ms per file."""
+    for f in files:
+        parse_file(f)
     out = []
     for _ in range(repeats):
         for f in files:

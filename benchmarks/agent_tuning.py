@@ -5,7 +5,8 @@
 Pure simulation (no scanner, no processes): the `stimulus.agent` learners choose between two
 options whose hidden P(high stimulus) differs (METHOD.md §3); a simulated decoder returns P(high)
 like the real closed loop does on the virtual participant (≈0.93–1.0 after a high, 0.0–0.3 after a
-low stimulus; `--decoder noisy` = 0.8/0.2 ± 0.1, as in tests/test_agent.py). Seeds follow the real
+low stimulus; `--decoder noisy` = 0.8/0.2 ± 0.1, as in tests/test_agent.py; `biased` = 0.99/0.75 ±
+0.2, a day-2 decoder that calls most responses "high", as the real loop's seed 3 does). Seeds follow the real
 loop (`decnef run --simulate --seed N`): learner seed N, contingency stream default_rng([N, 17]),
 so with a near-binary decoder the offline choices are those of the real run.
 
@@ -40,6 +41,7 @@ REVERSAL = 16
 DECODERS = {  # name: (mean P(high) after high, after low, noise sd)
     "loop": (0.96, 0.12, 0.08),   # what the real loop's day-1 decoder reads on the virtual participant
     "noisy": (0.8, 0.2, 0.1),     # tests/test_agent.py's simulated decoder
+    "biased": (0.99, 0.75, 0.2),  # a day-2 decoder biased toward "high" (real loop, seed 3: 0.65-0.99 after lows)
 }
 
 
@@ -76,9 +78,9 @@ REFERENCES = {
     "method": Setting("q", "softmax", 0.3, 5.0, 0.0, 0.5, 1.0, "likelihood", (0.8, 0.2)),  # the previous config
     "defaults": Setting("q", "softmax", 0.25, 4.0, 0.0, 0.5, 1.0, "likelihood", (0.8, 0.2)),  # AgentConfig()
     "thompson": Setting("thompson", discount=0.9, reward="likelihood", p_high=(0.8, 0.2)),
-    "chosen": Setting("q", "softmax", 0.3, 15.0, 0.0, 1.0, 1.0, "binary", (0.9, 0.1)),  # pain_coadaptive.toml
-    "chosen-0.8/0.2": Setting("q", "softmax", 0.3, 15.0, 0.0, 1.0, 1.0, "binary", (0.8, 0.2)),
-    "chosen-likelihood": Setting("q", "softmax", 0.3, 15.0, 0.0, 1.0, 1.0, "likelihood", (0.9, 0.1)),
+    "chosen": Setting("q", "softmax", 0.3, 15.0, 0.0, 1.0, 1.0, "likelihood", (0.9, 0.1)),  # pain_coadaptive.toml
+    "chosen-0.8/0.2": Setting("q", "softmax", 0.3, 15.0, 0.0, 1.0, 1.0, "likelihood", (0.8, 0.2)),  # AgentConfig()
+    "chosen-binary": Setting("q", "softmax", 0.3, 15.0, 0.0, 1.0, 1.0, "binary", (0.9, 0.1)),
 }
 
 

@@ -49,20 +49,6 @@ def _slice_times(frames: list[Frame], tr: float | None) -> tuple[float, ...] | N
     return tuple(np.round(arr, 6).tolist())  # same values as round() per np.float64, one call
 
 
-def _stack_reader_order(pixels: list[np.ndarray]) -> np.ndarray:
-    """(rows, cols) slices -> (cols, rows reversed, n) float32: data[:, :, k] = pixels[k].T[:, ::-1].
-
-    Why blocked: the slice axis is innermost in the output, so a slice-by-slice copy writes with
-    a stride of n floats (cache-hostile); stacking first (contiguous) and transposing a band of
-    rows at a time keeps both sides in cache (about 2x faster on a 64x64x36 volume)."""
-    src = np.stack(pixels).astype(np.float32, copy=False)[:, ::-1, :]
-    n, rows, cols = src.shape
-    data = np.empty((cols, rows, n), dtype=np.float32)
-    for j0 in range(0, rows, 16):
-        data[:, j0 : j0 + 16] = src[:, j0 : j0 + 16, :].transpose(2, 1, 0)
-    return data
-
-
 def build_volume(index: int, frames: list[Frame], ref: DicomPart) -> Volume:
     """Sort one volume's frames along the slice normal and stack them (reader convention)."""
     normal = slice_normal(ref.iop)
@@ -73,7 +59,11 @@ def build_volume(index: int, frames: list[Frame], ref: DicomPart) -> Volume:
     if any(f.pixels.shape != (rows, cols) for f in fs):
         raise DicomError(f"{ref.path}: volume {index} mixes slice sizes")
     n = len(fs)
-    data = _stack_reader_order([f.pixels for f in fs])
+    # slice by slice into one new array: a stack-then-transpose needs a second large temporary,
+    # whose fresh pages cost more (page faults) than the strided writes save
+    data = np.empty((cols, rows, n), dtype=np.float32)
+    for k, f in enumerate(fs):
+        data[:, :, k] = f.pixels.T[:, ::-1]
     if n > 2:
         gaps = np.diff(d[order])
         if float(np.ptp(gaps)) > max(0.01, 0.05 * abs(float(np.median(gaps)))):

@@ -56,7 +56,9 @@ def _series(scn, seed: int, n: int = 12):
 @pytest.mark.parametrize("which", ["forrest", "mosaic"])
 def test_accuracy_beats_rtspm(which, forrest_scn, mosaic_scn):
     """12 volumes moved up to 5 mm / 5 deg: median error <= 0.05 mm and <= python-rtspm's."""
-    from runtime.realign.peers import RtspmRealigner  # python-rtspm is in the test extra: never skipped
+    from runtime.realign.peers import (
+        RtspmRealigner,  # python-rtspm is in the test extra: never skipped
+    )
 
     scn = forrest_scn if which == "forrest" else mosaic_scn
     truths, vols = _series(scn, seed=7)

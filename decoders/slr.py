@@ -92,6 +92,25 @@ class _SparseARDClassifier(ClassifierMixin, BaseEstimator):
 
     _always_multinomial = False
 
+    # One signature for both estimators (sklearn reads the parameters from __init__).
+    def __init__(
+        self,
+        n_iter: int = 300,
+        prune_threshold: float = 1e8,
+        fit_intercept: bool = True,
+        normalize: str = "none",
+        tol: float = 1e-6,
+        woodbury: str | bool = "auto",
+        max_newton_iter: int = 50,
+    ):
+        self.n_iter = n_iter
+        self.prune_threshold = prune_threshold
+        self.fit_intercept = fit_intercept
+        self.normalize = normalize
+        self.tol = tol
+        self.woodbury = woodbury
+        self.max_newton_iter = max_newton_iter
+
     def _fit_design(self, x: np.ndarray, y_idx: np.ndarray, n_classes: int):
         raise NotImplementedError
 
@@ -193,20 +212,3 @@ class SparseLogisticRegression(_SparseARDClassifier):
     max_newton_iter : inner Newton iterations of the SMLR W-step (multiclass only).
     """
 
-    def __init__(
-        self,
-        n_iter: int = 300,
-        prune_threshold: float = 1e8,
-        fit_intercept: bool = True,
-        normalize: str = "none",
-        tol: float = 1e-6,
-        woodbury: str | bool = "auto",
-        max_newton_iter: int = 50,
-    ):
-        self.n_iter = n_iter
-        self.prune_threshold = prune_threshold
-        self.fit_intercept = fit_intercept
-        self.normalize = normalize
-        self.tol = tol
-        self.woodbury = woodbury
-        self.max_newton_iter = max_newton_iter

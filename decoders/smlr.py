@@ -249,21 +249,3 @@ class SparseMultinomialLogisticRegression(_SparseARDClassifier):
     """
 
     _always_multinomial = True
-
-    def __init__(
-        self,
-        n_iter: int = 300,
-        prune_threshold: float = 1e8,
-        fit_intercept: bool = True,
-        normalize: str = "none",
-        tol: float = 1e-6,
-        woodbury: str | bool = "auto",
-        max_newton_iter: int = 50,
-    ):
-        self.n_iter = n_iter
-        self.prune_threshold = prune_threshold
-        self.fit_intercept = fit_intercept
-        self.normalize = normalize
-        self.tol = tol
-        self.woodbury = woodbury
-        self.max_newton_iter = max_newton_iter

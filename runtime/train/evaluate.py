@@ -168,7 +168,7 @@ def metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
             auc = float(roc_auc_score(y == classes[0], proba[:, 0]))
         else:
             auc = float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
-    except ValueError:
+    except ValueError:  # one class only in this fold's test set: AUC is undefined, stays NaN
         pass
     return {
         "accuracy": float(np.mean(pred == y)) if len(y) else float("nan"),

@@ -20,6 +20,7 @@ program defined hotter than its configured level.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import struct
@@ -259,5 +260,5 @@ class MedocStimulator(Stimulator):
     def close(self) -> None:
         try:
             self.baseline()
-        except DeviceError:
-            pass
+        except DeviceError as exc:  # closing anyway; say that the device may not be at baseline
+            logging.getLogger(__name__).warning("Medoc: return to baseline on close failed: %s", exc)

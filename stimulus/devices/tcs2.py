@@ -14,6 +14,7 @@ sent the malformed `C03000`; here such a value cannot be formatted.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -232,7 +233,7 @@ class TCS2Stimulator(Stimulator):
                 if self._ser is not None:
                     self._send("A")
                     self._send("N" + self._neutral_field())
-            except DeviceError:
-                pass
+            except DeviceError as exc:  # closing anyway; say that the device may not be at neutral
+                logging.getLogger(__name__).warning("TCS II: abort/neutral on close failed: %s", exc)
             finally:
                 self._close_port()

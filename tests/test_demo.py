@@ -38,3 +38,11 @@ def test_demo_end_to_end(tmp_path):
     assert auc >= 0.8
     report = json.loads((env_out / "decoder" / "report.json").read_text())
     assert report["cv_auc"] >= 0.8
+
+
+def test_builtin_demo_config_equals_configs_demo_toml():
+    """A pip install without configs/ runs the built-in copy; it must be the same session."""
+    from runtime.cli.cmd_demo import _BUILTIN, DEFAULT_CONFIG
+    from runtime.config import load_config, parse_config, resolved_toml
+
+    assert resolved_toml(parse_config(_BUILTIN)) == resolved_toml(load_config(DEFAULT_CONFIG))

@@ -197,11 +197,13 @@ def summarise(scores_path: Path, timing_path: Path, truth: list[dict]) -> bool:
     return len(pairs) > 0
 
 
+# The same session as configs/demo.toml (a test keeps them equal), for installs without configs/.
 _BUILTIN = """
 [session]
 subject = "phantom"
 task = "nf"
 [scanner]
+watch_dir = "export"
 poll_interval = 0.01
 gap_timeout = 5.0
 [protocol]

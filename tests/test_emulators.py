@@ -64,6 +64,18 @@ def test_tcs2_emulator_answers_queries(tcs_raw):
     assert ser.readline() == b"TCS\r\n"
 
 
+def test_tcs2_emulator_records_a_query_before_answering_it(tcs_raw):
+    """A reader holding the answer must find the command already recorded (was a CI race)."""
+    emu, ser, _ = tcs_raw
+    ser.write(b"F")
+    assert _wait(lambda: emu.quiet)
+    ser.reset_input_buffer()
+    for i in range(200):
+        ser.write(b"Q")
+        assert ser.readline() == b"000000\r\n"
+        assert len(emu.received) == i + 2, f"query {i} answered before it was recorded"
+
+
 def test_tcs2_emulator_streams_until_quiet():
     with TCS2Emulator(stream_period_s=0.01) as emu:
         ser = serial.Serial(emu.port, 115200, timeout=0.5)

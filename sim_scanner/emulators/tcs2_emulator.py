@@ -130,6 +130,7 @@ class TCS2Emulator:
         self.stream_period_s = stream_period_s
         self.received: list[Received] = []
         self.raw = bytearray()
+        self._replies: list[str] | None = None
         self.stimuli: list[EmulatedStimulus] = []
         self.quiet = False
         self.zone_errors = "000000"
@@ -212,6 +213,9 @@ class TCS2Emulator:
 
     # -- I/O -------------------------------------------------------------------------------
     def _write(self, text: str) -> None:
+        if self._replies is not None:  # a command is executing: answer once it is recorded
+            self._replies.append(text)
+            return
         if self._master is not None:
             try:
                 os.write(self._master, text.encode("ascii"))
@@ -247,7 +251,14 @@ class TCS2Emulator:
                 self._buf = ""
             elif need is not None and len(self._buf) >= need:
                 cmd, self._buf = self._buf, ""
-                self._execute(cmd)
+                # Record before answering: a driver that has its answer may look at `received`.
+                self._replies = []
+                try:
+                    self._execute(cmd)
+                finally:
+                    replies, self._replies = self._replies, None
+                for text in replies:
+                    self._write(text)
 
     def _record(self, text: str, valid: bool, error: str = "") -> None:
         self.received.append(Received(self.clock(), text, valid, error))

@@ -93,7 +93,9 @@ def test_tcs2_connect_and_deliver_exact_protocol():
         st = d.status()
         assert st.ok and st.temperatures_c[0] == 32.0 and st.temperatures_c[1:] == (46.0,) * 5
         d.close()
-        time.sleep(0.05)
+        deadline = time.monotonic() + 5  # bytes written at close are parsed asynchronously
+        while emu.commands()[-2:] != ["A", "N320"] and time.monotonic() < deadline:
+            time.sleep(0.005)
         assert emu.commands()[-2:] == ["A", "N320"]
 
 

@@ -71,11 +71,7 @@ def _settle(emu: TCS2Emulator, n: int) -> None:
 
 def _sync(driver: TCS2Stimulator, emu: TCS2Emulator) -> None:
     """Wait until every byte the driver wrote has been parsed by the emulator."""
-    total = sum(len(c) for c in driver.sent)
-    deadline = time.monotonic() + 5
-    while len(emu.raw) < total and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(0.005)  # the last byte is parsed just after it is counted
+    assert emu.wait_parsed(sum(len(c) for c in driver.sent))
 
 
 def _assert_device_never_exceeded(emu: TCS2Emulator, ceiling: float = L.DEFAULT_MAX_C) -> None:

@@ -181,6 +181,20 @@ class TCS2Emulator:
     def neutral_c(self) -> float:
         return self.s.neutral / 10.0
 
+    def wait_parsed(self, n_bytes: int, timeout_s: float = 5.0) -> bool:
+        """Wait until `n_bytes` bytes have arrived and every one of them has been acted on.
+
+        A byte is counted and executed under one lock, so taking the lock after the count is
+        reached means the command it completed has been recorded.
+        """
+        deadline = time.monotonic() + timeout_s
+        while len(self.raw) < n_bytes:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        with self._lock:
+            return True
+
     def commands(self, valid_only: bool = True) -> list[str]:
         with self._lock:
             return [r.text for r in self.received if r.valid or not valid_only]

@@ -158,11 +158,13 @@ class DecoderBundle:
             if pairs.shape[0] != n_feat:
                 raise BundleError(f"{pairs.shape[0]} ROI pairs but weights have {n_feat} columns")
             self.extra["pairs"] = pairs.astype(np.int64)
-            if "voxel_roi" in self.extra:
-                vr = np.asarray(self.extra["voxel_roi"])
-                if vr.shape != (n_vox,) or not np.issubdtype(vr.dtype, np.integer):
-                    raise BundleError(f"extra['voxel_roi'] must be ({n_vox},) ints, got {vr.dtype} {vr.shape}")
-                self.extra["voxel_roi"] = vr.astype(np.int64)
+            if "voxel_roi" not in self.extra:
+                raise BundleError("a connectivity bundle needs extra['voxel_roi'] (the ROI index of each voxel)")
+            vr = np.asarray(self.extra["voxel_roi"])
+            if vr.shape != (n_vox,) or not np.issubdtype(vr.dtype, np.integer):
+                raise BundleError(f"extra['voxel_roi'] must be ({n_vox},) ints, got {vr.dtype} {vr.shape}")
+            self.extra["voxel_roi"] = vr.astype(np.int64)
+            self._check_rois(pairs, vr)
         elif n_feat != n_vox:
             raise BundleError(f"weights have {n_feat} columns but there are {n_vox} voxels")
         if self.feature_mean.shape != (n_feat,) or self.feature_scale.shape != (n_feat,):
@@ -180,6 +182,27 @@ class DecoderBundle:
             raise BundleError(f"extra['link'] {link!r} does not fit weights with {rows} rows")
         if not isinstance(self.feature, dict) or not isinstance(self.metrics, dict):
             raise BundleError("feature and metrics must be dicts")
+
+    def _check_rois(self, pairs: np.ndarray, voxel_roi: np.ndarray) -> None:
+        """Connectivity: every ROI index 0..n_rois-1 has a voxel and every pair joins two of them."""
+        n_rois = int(self.extra.get("n_rois", int(voxel_roi.max()) + 1 if voxel_roi.size else 0))
+        if voxel_roi.size and (voxel_roi.min() < 0 or voxel_roi.max() >= n_rois):
+            raise BundleError(f"extra['voxel_roi'] holds ROI indices outside 0..{n_rois - 1}")
+        empty = np.flatnonzero(np.bincount(voxel_roi, minlength=n_rois) == 0) if n_rois else []
+        if len(empty):
+            raise BundleError(f"ROI {int(empty[0])} of {n_rois} has no voxel in extra['voxel_roi']")
+        if pairs.size and (pairs.min() < 0 or pairs.max() >= n_rois):
+            raise BundleError(f"extra['pairs'] holds ROI indices outside 0..{n_rois - 1}")
+        if pairs.size and np.any(pairs[:, 0] == pairs[:, 1]):
+            raise BundleError("extra['pairs'] pairs a ROI with itself")
+
+    @property
+    def n_rois(self) -> int:
+        """Connectivity bundles: number of ROIs (0 for voxel bundles)."""
+        if self.kind != "connectivity":
+            return 0
+        vr = self.extra["voxel_roi"]
+        return int(self.extra.get("n_rois", int(vr.max()) + 1 if vr.size else 0))
 
     @property
     def link(self) -> str:

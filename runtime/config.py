@@ -55,6 +55,9 @@ class ScannerConfig(_Section):
     as a complete parse succeeds)."""
     gap_timeout: Annotated[float, Meta(gt=0)] = 10.0
     """Seconds to wait for a missing volume before it is reported as a gap and skipped."""
+    echo: PosInt = 1
+    """Multi-echo series: the echo assembled and published (1 = first/shortest echo time); files
+    of other echoes are skipped. Single-echo series are echo 1."""
 
 
 class GeometryConfig(_Section):
@@ -263,7 +266,17 @@ class TrainConfig(_Section):
     """With one run and split = "halves": the first fraction trains, the rest is held out."""
     max_folds: Annotated[int, Meta(ge=2)] = 10
     """split = "blocks": blocks are dealt round-robin (in time order) into at most this many folds."""
-    estimator: Literal["slr", "smlr", "l1", "l2", "svm", "roi_mean"] = "slr"
+    estimator: Literal["slr", "smlr", "l1", "l2", "svm", "roi_mean", "connectivity"] = "slr"
+    """connectivity: FCNef decoder on ROI-pair window correlations (needs roi_atlas)."""
+    roi_atlas: str = ""
+    """estimator = connectivity: integer label NIfTI on any grid (resampled nearest-neighbour to the
+    template grid); each label is one ROI whose voxel values are averaged per scan."""
+    roi_labels: list[PosInt] = []
+    """Atlas labels used as ROIs, in this order; empty = every non-zero label, ascending."""
+    fc_pairs: list[Annotated[list[PosInt], Meta(min_length=2, max_length=2)]] = []
+    """ROI pairs (atlas labels) whose correlations are the features; empty = every pair."""
+    fisher_z: bool = True
+    """Connectivity features as Fisher z = atanh(r) (else r)."""
     n_iter: PosInt = 300
     n_permutations: NonNegInt = 100
     reference_index: NonNegInt = 0

@@ -210,18 +210,112 @@ def run_features(
     (default: baseline start) are ignored, as the engine ignores discarded scans.
     """
     state = FeatureState(values.shape[1], baseline, method=method, regress_scans=regress_scans)
+    out = np.full((len(trials), values.shape[1]), np.nan)
+    n_valid = np.zeros(len(trials), dtype=int)
+    for i, feat, used in _replay(state, values, valid, trials, nuisance, first_scan):
+        if feat is not None:
+            out[i] = feat
+            n_valid[i] = len(used)
+    return out, n_valid
+
+
+def _replay(state: FeatureState, values: np.ndarray, valid: np.ndarray, trials: Sequence[TrialWindow],
+            nuisance: np.ndarray | None, first_scan: int | None):
+    """Feed a run scan by scan into `state`; yield (trial index, feature, scans used) at each
+    trial's calc scan, exactly when the engine would compute it."""
     if first_scan is not None:
         state.first_scan = first_scan
     by_calc: dict[int, list[int]] = {}
     for i, t in enumerate(trials):
         by_calc.setdefault(t.calc_scan, []).append(i)
-    out = np.full((len(trials), values.shape[1]), np.nan)
-    n_valid = np.zeros(len(trials), dtype=int)
     for scan in range(values.shape[0]):
         state.add_scan(scan, values[scan], bool(valid[scan]), None if nuisance is None else nuisance[scan])
         for i in by_calc.get(scan, ()):
             feat, used = state.trial_feature(trials[i].window)
-            if feat is not None:
-                out[i] = feat
-                n_valid[i] = len(used)
+            yield i, feat, used
+
+
+# -- functional connectivity (FCNef, METHOD.md §2) -------------------------------------------------
+
+FC_MIN_SCANS = 3
+"""Fewest valid scans a trial window needs for an FC score: a Pearson correlation over fewer than
+3 points is undefined (2 points always give ±1), so such a trial gets no feedback."""
+
+
+def roi_means(values: np.ndarray, voxel_roi: np.ndarray, n_rois: int) -> np.ndarray:
+    """(n_rois,) mean of one scan's voxel values per ROI (a NaN voxel makes its ROI NaN)."""
+    v = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(voxel_roi, minlength=n_rois).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(voxel_roi, weights=v, minlength=n_rois) / counts
+
+
+class ConnectivityState(FeatureState):
+    """Online FC feature state (METHOD.md §2 "Online FC score", E15, E8), fed like `FeatureState`.
+
+    `add_scan` takes the bundle's realigned *voxel* values (what the engine spools, so crash
+    recovery replays them unchanged) and keeps their per-ROI means; the denoising (progressive
+    detrend, sliding-window REGRESS with spikes for NG scans, or none) is `FeatureState`'s own,
+    applied to the ROI series. `trial_feature(window)` returns the denoised ROI time courses over
+    the window, (n_rois, len(window)) with NaN at NG/missing scans (E15 drops them), with the
+    denoising as it stands at the calc scan; the bundle turns them into pair correlations. No
+    baseline z-score: a correlation does not change under a per-ROI affine rescaling, so FC
+    trials need no baseline (the baseline scans only mark where the run's state starts).
+    """
+
+    def __init__(self, voxel_roi: np.ndarray, n_rois: int, baseline: range, method: str = "detrend",
+                 regress_scans: int = 20, min_scans: int = FC_MIN_SCANS) -> None:
+        super().__init__(int(n_rois), baseline, method=method, regress_scans=regress_scans)
+        self.voxel_roi = np.asarray(voxel_roi, dtype=np.int64)
+        self.n_rois = int(n_rois)
+        self.min_scans = max(int(min_scans), FC_MIN_SCANS)
+
+    @property
+    def baseline_ready(self) -> bool:
+        return True
+
+    def _finish_baseline(self) -> None:
+        return None
+
+    def add_scan(self, scan: int, values: np.ndarray, valid: bool, nuisance: np.ndarray | None = None) -> None:
+        super().add_scan(scan, roi_means(values, self.voxel_roi, self.n_rois), valid, nuisance)
+
+    def trial_feature(self, window: Iterable[int]) -> tuple[np.ndarray | None, list[int]]:
+        """(ROI time courses (n_rois, len(window)), valid scans used); (None, used) when fewer
+        than `min_scans` scans of the window are valid (no defined correlation: no feedback)."""
+        window = list(window)
+        scans = [s for s in window if self.valid.get(s)]
+        if len(scans) < self.min_scans:
+            return None, scans
+        den = self._denoised(scans)
+        tc = np.full((self.n_rois, len(window)), np.nan)
+        pos = {s: i for i, s in enumerate(window)}
+        tc[:, [pos[s] for s in scans]] = den.T
+        return tc, scans
+
+
+def run_connectivity(
+    values: np.ndarray,
+    valid: np.ndarray,
+    voxel_roi: np.ndarray,
+    n_rois: int,
+    baseline: range,
+    trials: Sequence[TrialWindow],
+    *,
+    method: str = "detrend",
+    regress_scans: int = 20,
+    nuisance: np.ndarray | None = None,
+    first_scan: int | None = None,
+    min_scans: int = FC_MIN_SCANS,
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """Offline FC twin of `run_features`: replay a run's voxel values (scans × voxels) through
+    `ConnectivityState` exactly as the engine does. Returns (per trial the ROI time-course window
+    the engine would score, or None without enough valid scans; valid scans per trial)."""
+    state = ConnectivityState(voxel_roi, n_rois, baseline, method=method, regress_scans=regress_scans,
+                              min_scans=min_scans)
+    out: list[np.ndarray | None] = [None] * len(trials)
+    n_valid = np.zeros(len(trials), dtype=int)
+    for i, tc, used in _replay(state, values, valid, trials, nuisance, first_scan):
+        out[i] = tc
+        n_valid[i] = len(used)
     return out, n_valid

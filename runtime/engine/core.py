@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime import qc
 from runtime.config import SessionConfig
-from runtime.features import FeatureState
+from runtime.features import FC_MIN_SCANS, ConnectivityState, FeatureState
 from runtime.messages import EventHeader, ScoreHeader, TelemetryHeader
 from runtime.protocol import ProtocolTable, Trial, build_table
 from runtime.realign import Realigner, params_to_matrix, reslice
@@ -153,8 +153,19 @@ class EngineCore:
         self.regress = cfg.denoise.method == "regress"
         self.gs_voxels = brain_voxels(self.template) if self.regress else None
         self.n_nuisance = 7 if self.regress else 0
-        self.features = FeatureState(len(self.voxels), self.table.baseline, method=cfg.denoise.method,
-                                     regress_scans=cfg.denoise.regress_scans)
+        self.fc = getattr(bundle, "kind", "linear") == "connectivity"
+        """Connectivity bundle (FCNef): voxel values → ROI means → window correlations."""
+        self.features: FeatureState
+        if self.fc:
+            extra = bundle.extra
+            self.features = ConnectivityState(extra["voxel_roi"], bundle.n_rois, self.table.baseline,
+                                              method=cfg.denoise.method, regress_scans=cfg.denoise.regress_scans,
+                                              min_scans=int(extra.get("min_valid_scans", FC_MIN_SCANS)))
+        else:
+            self.features = FeatureState(len(self.voxels), self.table.baseline, method=cfg.denoise.method,
+                                         regress_scans=cfg.denoise.regress_scans)
+        self.trial_features: dict[int, np.ndarray] = {}
+        """Connectivity bundles: the pair features (r or Fisher z) each trial was scored from."""
         self._calc: dict[int, list[Trial]] = {}
         for t in self.table.trials:
             self._calc.setdefault(t.calc_scan, []).append(t)
@@ -376,6 +387,9 @@ class EngineCore:
 
     def _score(self, trial: Trial, volume: int, *, late: bool, t_file_complete: float = 0.0) -> ScoreRecord:
         feat, used = self.features.trial_feature(trial.window)
+        if feat is not None and self.fc:  # ROI time courses → pair correlations (E15), the bundle's own path
+            feat = np.asarray(self.bundle.features_from_timecourses(feat), dtype=np.float64)
+            self.trial_features[trial.number] = feat
         likelihood = None if feat is None else float(self.bundle.likelihood(feat))
         if likelihood is not None and not math.isfinite(likelihood):
             likelihood = None  # every feature NaN (e.g. zero baseline variance): no feedback
@@ -388,6 +402,8 @@ class EngineCore:
             flags.append("no_baseline")
         if used and len(used) < len(trial.window):
             flags.append("partial")
+        if feat is None and self.fc and len(used) < getattr(self.features, "min_scans", FC_MIN_SCANS):
+            flags.append("few_valid_scans")  # a correlation needs >= min_scans valid scans
         if late:
             flags.append("late")
         flags += flags_extra

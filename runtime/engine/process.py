@@ -69,8 +69,7 @@ def load_decoder(cfg: SessionConfig) -> tuple[Any, Path]:
         msg = str(exc)
         raise BundleError(msg if str(path) in msg else f"{path}: {msg}") from None
     if getattr(b, "kind", "linear") == "connectivity":
-        raise BundleError(f"{path}: connectivity bundles are not supported by the online engine "
-                          "(it scores window-mean voxel features: linear or roi_mean bundles)")
+        _check_fc_windows(cfg, b, path)
     target = cfg.decoder.target_class
     if target and target != str(b.target_class):
         classes = [str(c) for c in b.classes]
@@ -80,6 +79,22 @@ def load_decoder(cfg: SessionConfig) -> tuple[Any, Path]:
 
         b = dataclasses.replace(b, target_class=target)
     return b, path
+
+
+def _check_fc_windows(cfg: SessionConfig, b: Any, path: Path) -> None:
+    """A connectivity bundle scores a trial by a correlation over its window's valid scans, which
+    needs at least `min_valid_scans` (3) of them: a protocol whose windows are shorter could never
+    give feedback, so it is refused before the run."""
+    from runtime.features import FC_MIN_SCANS
+    from runtime.protocol import build_table
+
+    need = max(int(b.extra.get("min_valid_scans", FC_MIN_SCANS)), FC_MIN_SCANS)
+    table = build_table(cfg.protocol)
+    short = [t for t in table.trials if len(t.window) < need]
+    if short:
+        raise ConfigError(f"keys 'protocol.window_start'/'window_end': trial {short[0].number}'s score window has "
+                          f"{len(short[0].window)} scans, but the connectivity bundle {path.name} "
+                          f"needs >= {need} valid scans per window for a correlation")
 
 
 @dataclass

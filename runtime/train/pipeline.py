@@ -23,6 +23,7 @@ from runtime.config import SessionConfig
 from runtime.errors import UserError
 from runtime.features import run_features
 from runtime.train import evaluate as ev
+from runtime.train import fc as fcm
 from runtime.train.extract import (
     RunValues,
     brain_mask,
@@ -67,6 +68,8 @@ class RunData:
     features: np.ndarray
     n_valid: np.ndarray
     values: RunValues
+    windows: list | None = None
+    """Connectivity: per sample, the ROI time-course window the engine would score (or None)."""
 
 
 def _estimator_factory(cfg: SessionConfig) -> Callable[[], object]:
@@ -106,7 +109,8 @@ def _feature_definition(cfg: SessionConfig, runs: list[RunData], delay: int) -> 
         "interp": cfg.realign.interp,
         "fd_threshold_mm": cfg.quality.fd_threshold_mm,
         "corr_threshold": cfg.quality.corr_threshold,
-    }
+    } | ({"features": "connectivity", "roi": "mean of the ROI's voxels per scan", "zscore": "none (correlation)",
+          "fisher_z": t.fisher_z, "min_valid_scans": fcm.FC_MIN_SCANS} if t.estimator == "connectivity" else {})
 
 
 def _json_safe(x):
@@ -142,7 +146,11 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     out_path = output_path(cfg, output)
     classes_spec = parse_classes(list(t.classes), t.rest_class)
     classes = [c.name for c in classes_spec] + ([t.rest_class] if t.rest_class else [])
-    factory = _estimator_factory(cfg)
+    fc = t.estimator == "connectivity"
+    if fc and t.n_voxels:
+        raise UserError("key 'train.n_voxels': not used with estimator = \"connectivity\" (choose ROI pairs with train.fc_pairs)")
+    factory = fcm.pair_factory if fc else _estimator_factory(cfg)
+    k_sel = 0 if fc else t.n_voxels
 
     # 1. read runs and events
     raw = []
@@ -164,13 +172,21 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     grid_affine = np.asarray(ref.affine, np.float64)
 
     # 2. mask
-    if t.roi_mask:
+    rois = None
+    if fc:
+        fmask = resample_mask(cfg.path(t.roi_mask), template.shape, grid_affine) if t.roi_mask else None
+        rois = fcm.atlas_rois(cfg, template.shape, grid_affine, fmask)
+        voxels = rois.voxels
+        sizes = np.bincount(rois.voxel_roi, minlength=rois.n_rois).tolist()
+        log(f"ROI atlas {t.roi_atlas}: {rois.n_rois} ROIs (labels {rois.labels}, voxels {sizes}), {len(rois.pairs)} pair(s)")
+    elif t.roi_mask:
         mask = resample_mask(cfg.path(t.roi_mask), template.shape, grid_affine)
         log(f"ROI mask {t.roi_mask}: {int(mask.sum())} voxels on the template grid")
     else:
         mask = brain_mask(template)
         log(f"automatic brain mask: {int(mask.sum())} voxels" + (f" (top {t.n_voxels} kept per fold)" if t.n_voxels else ""))
-    voxels = np.argwhere(mask).astype(np.int64)
+    if rois is None:
+        voxels = np.argwhere(mask).astype(np.int64)
 
     # 3. realign + features, per run
     runs: list[RunData] = []
@@ -189,13 +205,19 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
         rv = extract_run(cfg, vols, template=template, grid_affine=grid_affine, voxels=voxels, baseline=base, tr=tr,
                          log=lambda m, i=i: log(f"run {i + 1}: {m}"))
         t0 = time.perf_counter()
-        feats, n_valid = run_features(rv.values, rv.valid, base, [s.trial_window for s in samples],
-                                      method=cfg.denoise.method, regress_scans=cfg.denoise.regress_scans,
-                                      nuisance=rv.nuisance, first_scan=base.start)
+        windows = None
+        if rois is not None:  # FC: the engine's ConnectivityState; a sample needs a defined correlation
+            windows, feats, n_valid = fcm.run_windows(cfg, rv.values, rv.valid, rv.nuisance, base,
+                                                      [s.trial_window for s in samples], rois)
+            n_valid = np.where(np.isfinite(feats).all(axis=1), n_valid, 0)
+        else:
+            feats, n_valid = run_features(rv.values, rv.valid, base, [s.trial_window for s in samples],
+                                          method=cfg.denoise.method, regress_scans=cfg.denoise.regress_scans,
+                                          nuisance=rv.nuisance, first_scan=base.start)
         counts = {c: sum(s.label == c for s in samples) for c in classes}
         log(f"run {i + 1}: {len(samples)} samples {counts}, baseline scans {base.start}-{base.stop - 1}, "
             f"window {t.window_scans} scan(s) shifted {delay} ({time.perf_counter() - t0:.1f} s)")
-        runs.append(RunData(i, cfg.path(t.runs[i].source), n_scans, tr, base, samples, feats, n_valid, rv))
+        runs.append(RunData(i, cfg.path(t.runs[i].source), n_scans, tr, base, samples, feats, n_valid, rv, windows))
 
     # 4. sample set
     keep = [(r, j) for r in runs for j, _ in enumerate(r.samples) if r.n_valid[j] > 0]
@@ -222,14 +244,14 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
 
     # 5. cross-validation
     t0 = time.perf_counter()
-    outs = ev.run_folds(sset, folds, classes, factory, k=t.n_voxels, seed=t.seed)
+    outs = ev.run_folds(sset, folds, classes, factory, k=k_sel, seed=t.seed)
     cv = ev.pooled(sset, outs, classes)
     n_vox_cv = [o.n_voxels for o in outs]
     n_train = len(folds[0][0]) if t.split == "halves" else len(sset.y)
     log(f"cross-validation ({t.split}, {len(folds)} fold(s), {len(sset.y)} samples"
         + (f": {n_train} before scan {min(cuts.values())} train, {cv['n_samples']} after it held out" if t.split == "halves" else "")
-        + (f", {dropped} without valid scans dropped" if dropped else "")
-        + f"): accuracy {cv['accuracy']:.3f}, AUC {cv['auc']:.3f}, voxels kept {np.median(n_vox_cv):.0f} "
+        + (f", {dropped} {'with < 3 valid scans' if fc else 'without valid scans'} dropped" if dropped else "")
+        + f"): accuracy {cv['accuracy']:.3f}, AUC {cv['auc']:.3f}, {'pairs' if fc else 'voxels'} kept {np.median(n_vox_cv):.0f} "
         f"({time.perf_counter() - t0:.1f} s)")
 
     # 6. permutation test
@@ -242,7 +264,7 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
         for _ in range(t.n_permutations):
             yp = ev.permute_blocks(sset, rng)
             try:
-                po = ev.run_folds(sset, folds, classes, factory, k=t.n_voxels, seed=t.seed, y_train=yp)
+                po = ev.run_folds(sset, folds, classes, factory, k=k_sel, seed=t.seed, y_train=yp)
                 null.append(ev.stat_of(ev.pooled(sset, po, classes), len(classes)))
             except UserError:  # a permutation that leaves a fold with one class: not a valid draw
                 continue
@@ -255,21 +277,25 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     final_idx = folds[0][0] if t.split == "halves" else np.arange(len(sset.y))
     rng = np.random.default_rng([t.seed & 0xFFFFFFFF, 104729])
     final_idx = ev.balance(final_idx, sset.y, sset.run, rng)
-    est, sel = ev.fit_model(sset.X[final_idx], sset.y[final_idx], factory, t.n_voxels)
-    refit = _features_for_bundle(cfg, runs, keep, sel, voxels, template)
+    est, sel = ev.fit_model(sset.X[final_idx], sset.y[final_idx], factory, k_sel)
+    if rois is not None:  # the same logistic fit, as a ConnectivityDecoder on the windows themselves
+        wins = fcm.pad_windows([r.windows[j] for r, j in keep])  # type: ignore[index]
+        est = fcm.fit_final(wins[final_idx], sset.y[final_idx], rois, t.fisher_z)
+    refit = None if rois is not None else _features_for_bundle(cfg, runs, keep, sel, voxels, template)
     bundle_features = sset.X[:, sel] if refit is None else refit
     if refit is not None:
         est.fit(refit[final_idx], sset.y[final_idx])  # type: ignore[attr-defined]
         log("final decoder refitted: the quality gate on the bundle's voxels flags other scans than on the whole mask")
     n_kept = ev.n_nonzero(est, len(sel))
-    log(f"final decoder ({t.estimator}) on {len(final_idx)} balanced samples: {len(sel)} voxels in, {n_kept} with non-zero weight")
+    what = "ROI pairs" if fc else "voxels"
+    log(f"final decoder ({t.estimator}) on {len(final_idx)} balanced samples: {len(sel)} {what} in, {n_kept} with non-zero weight")
 
     report = {
         "cv_accuracy": cv["accuracy"],
         "cv_balanced_accuracy": cv["balanced_accuracy"],
         "cv_auc": cv["auc"],
         "n_selected_voxels": n_kept,
-        "n_bundle_voxels": int(len(sel)),
+        "n_bundle_voxels": int(len(voxels) if fc else len(sel)),
         "n_mask_voxels": int(len(voxels)),
         "permutation_p": p_value,
         "n_permutations": len(null),
@@ -287,12 +313,18 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
         "runs": [{"source": str(r.source), "n_scans": r.n_scans, "tr": r.tr, "baseline": [r.baseline.start, r.baseline.stop - 1],
                   "n_samples": len(r.samples)} for r in runs],
     }
+    if rois is not None:
+        report |= {"n_rois": rois.n_rois, "roi_labels": rois.labels, "n_pairs": int(len(rois.pairs)),
+                   "pairs_labels": [[rois.labels[a], rois.labels[b]] for a, b in rois.pairs]}
     if t.split == "halves":
         report["heldout"] = {"accuracy": cv["accuracy"], "balanced_accuracy": cv["balanced_accuracy"], "auc": cv["auc"],
                              "confusion": cv["confusion"], "n_samples": cv["n_samples"],
                              "first_test_scan": {str(k): v for k, v in cuts.items()}}
     feature = _feature_definition(cfg, runs, delay)
-    bundle = _make_bundle(est, voxels[sel], template, grid_affine, feature, report, classes[0])
+    if rois is not None:
+        bundle = _make_bundle(est, voxels, template, grid_affine, feature, report, classes[0], extra=fcm.bundle_extra(rois))
+    else:
+        bundle = _make_bundle(est, voxels[sel], template, grid_affine, feature, report, classes[0])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     from decoders.bundle import save_bundle
 
@@ -333,12 +365,12 @@ def _features_for_bundle(cfg: SessionConfig, runs: list[RunData], keep: list, se
 
 
 def _make_bundle(est, voxels: np.ndarray, template: np.ndarray, grid_affine: np.ndarray, feature: dict, report: dict,
-                 target: str):
+                 target: str, extra: dict | None = None):
     from decoders.bundle import bundle_from_estimator
 
     metrics = {k: report[k] for k in ("cv_accuracy", "cv_auc", "n_selected_voxels", "permutation_p", "split", "n_samples")}
     return bundle_from_estimator(
         est, voxels=voxels, grid_shape=tuple(template.shape), grid_affine=grid_affine, template=template,
         feature=feature, metrics=_json_safe(metrics), target_class=target,
-        voxel_means=template[tuple(np.asarray(voxels).T)].astype(np.float64),
+        voxel_means=template[tuple(np.asarray(voxels).T)].astype(np.float64), extra=extra,
     )

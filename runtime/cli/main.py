@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "display": "PsychoPy feedback display locked to scanner triggers",
     "agent": "the co-adaptive agent driving a stimulator within hard safety limits",
     "participant": "virtual participant of the pain loop: closed-loop volumes and an emulated thermode (simulation)",
+    "monitor": "the operator's live view of a run: motion, NG scans, scores, alarms and a summary",
     "keys": "generate ZeroMQ CURVE key pairs for a multi-host session",
 }
 

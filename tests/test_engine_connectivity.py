@@ -171,6 +171,7 @@ def test_train_builds_a_connectivity_bundle(trained):
     assert len(b.voxels) == int((atlas > 0).sum()) == res.report["n_bundle_voxels"]
     assert np.array_equal(atlas[tuple(b.voxels.T)], np.array(b.extra["voxel_roi"]) + 1)
     assert res.features.shape == (len(res.samples), 6) and np.isfinite(res.features).all()
+    assert res.report["n_selected_voxels"] == len(b.voxels) and 1 <= res.report["n_pairs_nonzero"] <= 6
     assert all(len(s.window) >= FC_MIN_SCANS for s in res.samples)
     assert any("4 ROIs" in ln for ln in lines)
 
@@ -241,16 +242,31 @@ def test_too_few_valid_scans_is_no_feedback(protocol_run, forrest):
     cfg, bundle, _, full = protocol_run
     data, affine = forrest
     table = build_table(cfg.protocol)
-    t3 = table.trials[2]
+    t3, t5 = table.trials[2], table.trials[4]
     skip = set(list(t3.window)[:-2])  # two valid scans left in trial 3's window
-    _, results = run_core(cfg, bundle, data, affine, skip=skip)
+    skip |= {t5.window[1], t5.window[4]}  # two censored scans in trial 5's window
+    core, results = run_core(cfg, bundle, data, affine, skip=skip)
     scores, ref = scores_of(results), scores_of(full)
     h = scores[3]
     assert h.score is None and h.likelihood is None and h.n_valid_scans == 2
-    assert "no_feedback" in h.flags and "few_valid_scans" in h.flags
+    assert "no_feedback" in h.flags and "few_valid_scans" in h.flags and 3 not in core.trial_features
     for n in (1, 2):  # scored before the gap: unchanged
         assert scores[n].likelihood == pytest.approx(ref[n].likelihood, abs=1e-12)
-    assert all(scores[n].score is not None for n in (4, 5, 6, 7))  # the run goes on
+    # the others: scored, and equal to the offline path / the numpy reference with the censored scans
+    values, valid = roi_arrays(results, len(data), len(bundle.voxels))
+    assert not valid[sorted(skip)].any()
+    vr = np.asarray(bundle.extra["voxel_roi"])
+    windows, n_valid = run_connectivity(values, valid, vr, bundle.n_rois, table.baseline,
+                                        [TrialWindow(t.window, t.calc_scan) for t in table.trials])
+    assert windows[2] is None and n_valid[2] == 2
+    for k in (3, 4, 5, 6):
+        t = table.trials[k]
+        on = core.trial_features[t.number]
+        assert scores[t.number].score is not None and scores[t.number].n_valid_scans == n_valid[k]
+        assert np.abs(on - bundle.features_from_timecourses(windows[k])).max() < 1e-10
+        ref_f = reference_features(values, valid, vr, bundle.n_rois, bundle.extra["pairs"], t.window, t.calc_scan)
+        assert np.abs(on - ref_f).max() < 1e-8
+    assert scores[5].n_valid_scans == 5 and "partial" in scores[5].flags
 
 
 def test_restart_rebuilds_the_fc_state(protocol_run, forrest):

@@ -314,7 +314,8 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
                   "n_samples": len(r.samples)} for r in runs],
     }
     if rois is not None:
-        report |= {"n_rois": rois.n_rois, "roi_labels": rois.labels, "n_pairs": int(len(rois.pairs)),
+        report |= {"n_selected_voxels": int(len(voxels)), "n_pairs_nonzero": n_kept,  # every ROI voxel is used
+                   "n_rois": rois.n_rois, "roi_labels": rois.labels, "n_pairs": int(len(rois.pairs)),
                    "pairs_labels": [[rois.labels[a], rois.labels[b]] for a, b in rois.pairs]}
     if t.split == "halves":
         report["heldout"] = {"accuracy": cv["accuracy"], "balanced_accuracy": cv["balanced_accuracy"], "auc": cv["auc"],

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=None, help="override scanner.poll_interval (seconds)")
     parser.add_argument("--no-events", action="store_true", help="poll only (as on a network share without file events)")
     parser.add_argument("--series", type=int, default=None, help="override scanner.series_number")
+    parser.add_argument("--echo", type=int, default=None, help="override scanner.echo (multi-echo: the echo published, 1 = first)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log dropped duplicates and other details")
 
 
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["poll_interval"] = args.poll_interval
     if args.series is not None:
         overrides["series_number"] = args.series
+    if args.echo is not None:
+        overrides["echo"] = args.echo
     if args.no_events:
         overrides["use_file_events"] = False
     if overrides:

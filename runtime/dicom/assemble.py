@@ -7,6 +7,10 @@ the slice normal cross(row, col) and stacked into the reader's (i, j, k) convent
 Duplicates: a slice whose position is already held for that volume is ignored, and so is any
 part for a volume that was already completed (e.g. the rt-cloud sample's 001_000013_000000.dcm
 repeats volume index 9); the first copy wins.
+
+Echoes: a volume is keyed by (series, echo, temporal index), so the echoes of a multi-echo series
+(same index, same slice positions) never pass for duplicates of each other. One echo is
+assembled (`echo`; default the first), whatever order the echoes' files arrive in.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ def build_volume(index: int, frames: list[Frame], ref: DicomPart) -> Volume:
             log.warning("%s: volume %d has unevenly spaced slices (%.3f..%.3f mm)", ref.path, index, gaps.min(), gaps.max())
     affine = volume_affine(ref.iop, ref.pixel_spacing, fs[0].position, fs[-1].position, n, rows, ref.slice_spacing)
     acq = [f.acq_time for f in fs if f.acq_time is not None]
+    echo = fs[0].echo
+    meta = dict(ref.meta)
+    if echo in ref.echo_times:
+        meta["EchoTime"] = ref.echo_times[echo]
+    meta["EchoNumber"] = echo
     return Volume(
         data=data,
         affine=affine,
@@ -82,7 +91,7 @@ def build_volume(index: int, frames: list[Frame], ref: DicomPart) -> Volume:
         series_description=ref.series_description,
         manufacturer=ref.manufacturer,
         source=os.path.basename(ref.path),
-        meta=dict(ref.meta),
+        meta=meta,
     )
 
 
@@ -98,21 +107,31 @@ class VolumeAssembler:
     `slices_per_volume` overrides the header; when neither knows (some per-slice exports), the
     count is learned from the first volume once a slice of a later volume arrives (slices of a
     volume arrive before those of the next one in every real-time export we know).
+
+    `echo`: the echo assembled (1 = first/shortest); frames of other echoes are skipped
+    (`skipped_echo_frames` counts them). None assembles every echo, each as its own volume
+    (tell them apart by `Volume.meta["EchoNumber"]`).
     """
 
-    def __init__(self, slices_per_volume: int | None = None) -> None:
+    def __init__(self, slices_per_volume: int | None = None, echo: int | None = 1) -> None:
         self._forced = slices_per_volume
-        self._pending: dict[tuple[str, int], _Pending] = {}
-        self._done: set[tuple[str, int]] = set()
+        self.echo = echo
+        self.skipped_echo_frames = 0
+        self._pending: dict[tuple[str, int, int], _Pending] = {}
+        self._done: set[tuple[str, int, int]] = set()
         self._learned: dict[str, int] = {}
 
     def add(self, part: DicomPart) -> list[Volume]:
-        touched: list[tuple[str, int]] = []
+        touched: list[tuple[str, int, int]] = []
+        frames = part.frames
+        if self.echo is not None and part.echoes != (self.echo,):
+            frames = [f for f in frames if f.echo == self.echo]
+            self.skipped_echo_frames += len(part.frames) - len(frames)
         # all frames' position keys at once (a mosaic has dozens; one np.round instead of many)
-        keys = [tuple(k) for k in np.round(np.asarray([f.position for f in part.frames], float), 2).tolist()] \
-            if len(part.frames) > 1 else [_pos_key(f.position) for f in part.frames]
-        for frame, pk in zip(part.frames, keys, strict=True):
-            key = (part.series_uid, frame.volume)
+        keys = [tuple(k) for k in np.round(np.asarray([f.position for f in frames], float), 2).tolist()] \
+            if len(frames) > 1 else [_pos_key(f.position) for f in frames]
+        for frame, pk in zip(frames, keys, strict=True):
+            key = (part.series_uid, frame.echo, frame.volume)
             if key in self._done:
                 continue
             pend = self._pending.get(key)
@@ -126,36 +145,36 @@ class VolumeAssembler:
         out: list[Volume] = []
         series = part.series_uid
         expected = self._forced or part.slices_per_volume or self._learned.get(series)
-        if expected is None and part.volume_indices:
+        if expected is None and part.volume_indices and frames:
             newest = max(part.volume_indices)
-            older = [k for k in self._pending if k[0] == series and k[1] < newest]
+            older = [k for k in self._pending if k[0] == series and k[2] < newest]
             if older:
                 expected = max(len(self._pending[k].frames) for k in older)
                 self._learned[series] = expected
                 log.info("series %s: learned %d slices per volume", series, expected)
                 touched = older + touched
         if expected:
-            for key in sorted(set(touched), key=lambda k: k[1]):
+            for key in sorted(set(touched), key=lambda k: (k[2], k[1])):
                 pend = self._pending.get(key)
                 if pend is not None and len(pend.frames) >= expected:
                     out.append(self._complete(key))
         return out
 
-    def _complete(self, key: tuple[str, int]) -> Volume:
+    def _complete(self, key: tuple[str, int, int]) -> Volume:
         pend = self._pending.pop(key)
         self._done.add(key)
-        return build_volume(key[1], list(pend.frames.values()), pend.ref)
+        return build_volume(key[2], list(pend.frames.values()), pend.ref)
 
     def pending(self) -> dict[int, int]:
         """volume index -> slices held, for volumes not complete yet."""
         out: dict[int, int] = {}
-        for (_s, idx), pend in self._pending.items():
+        for (_s, _e, idx), pend in self._pending.items():
             out[idx] = out.get(idx, 0) + len(pend.frames)
         return out
 
     def flush(self) -> list[Volume]:
         """Hand out what is still pending (incomplete volumes), e.g. at the end of a run."""
-        keys = sorted(self._pending, key=lambda k: k[1])
+        keys = sorted(self._pending, key=lambda k: (k[2], k[1]))
         return [self._complete(k) for k in keys]
 
 
@@ -199,15 +218,25 @@ def _select_series(label: str, groups: dict[str, list[DicomPart]], series: int |
     return best
 
 
-def assemble_parts(parts: list[DicomPart], label: str = "") -> list[Volume]:
-    """Offline assembly of one series' parts: every volume, sorted by temporal index.
+def series_echoes(parts: list[DicomPart]) -> list[int]:
+    """The echo numbers present in a series' parts, ascending ([1] for a single-echo series)."""
+    return sorted({e for p in parts for e in p.echoes}) or [1]
 
-    Volumes with fewer slices than the others (an interrupted run) are dropped with a warning.
+
+def assemble_parts(parts: list[DicomPart], label: str = "", echo: int | None = None) -> list[Volume]:
+    """Offline assembly of one series' parts: every volume of one echo, sorted by temporal index.
+
+    `echo` None = the first echo present. Volumes with fewer slices than the others (an
+    interrupted run) are dropped with a warning.
     """
+    if echo is None:
+        echo = series_echoes(parts)[0]
     by_vol: dict[int, dict[tuple, Frame]] = {}
     ref: dict[int, DicomPart] = {}
     for part in parts:
         for f in part.frames:
+            if f.echo != echo:
+                continue
             held = by_vol.setdefault(f.volume, {})
             pk = _pos_key(f.position)
             if pk not in held:
@@ -235,8 +264,45 @@ def assemble_parts(parts: list[DicomPart], label: str = "") -> list[Volume]:
     return vols
 
 
-def read_series(folder_or_files, series: int | str | None = None) -> list[Volume]:
-    """All volumes of one series in a folder (or list of files), sorted by temporal index."""
+def read_series(folder_or_files, series: int | str | None = None, echo: int | None = None) -> list[Volume]:
+    """All volumes of one series (and one echo) in a folder (or list of files), sorted by
+    temporal index.
+
+    `echo`: 1-based echo number of a multi-echo series (DicomError if the series lacks it);
+    None = the first echo (with a warning naming the others when there are several)."""
+    label, parts = _series_parts(folder_or_files, series)
+    echoes = series_echoes(parts)
+    desc = f"series {parts[0].series_number} '{parts[0].series_description}'"
+    if echo is None:
+        echo = echoes[0]
+        if len(echoes) > 1:
+            log.warning("%s: %s has echoes %s; using echo %d (choose with echo=N)", label, desc, echoes, echo)
+    elif echo not in echoes:
+        raise DicomError(f"{label}: echo {echo} not in {desc} (echoes present: {', '.join(map(str, echoes))})")
+    vols = assemble_parts(parts, label, echo)
+    if not vols:
+        raise DicomError(f"{label}: no complete volume in series {parts[0].series_number}")
+    return vols
+
+
+def read_series_echoes(folder_or_files, series: int | str | None = None) -> dict[int, list[Volume]]:
+    """Every echo of one series: {echo number: volumes sorted by temporal index} (one entry for a
+    single-echo series). Echoes without a complete volume are left out (with a warning)."""
+    label, parts = _series_parts(folder_or_files, series)
+    out: dict[int, list[Volume]] = {}
+    for e in series_echoes(parts):
+        vols = assemble_parts(parts, label, e)
+        if vols:
+            out[e] = vols
+        else:
+            log.warning("%s: echo %d has no complete volume; skipped", label, e)
+    if not out:
+        raise DicomError(f"{label}: no complete volume in series {parts[0].series_number}")
+    return out
+
+
+def _series_parts(folder_or_files, series: int | str | None) -> tuple[str, list[DicomPart]]:
+    """Parse a folder's files and keep the chosen series' parts (see `_select_series`)."""
     label, files = _list_files(folder_or_files)
     groups: dict[str, list[DicomPart]] = {}
     for f in files:
@@ -249,8 +315,5 @@ def read_series(folder_or_files, series: int | str | None = None) -> list[Volume
     if not groups:
         raise DicomError(f"{label}: no usable DICOM series found ({len(files)} files looked at)")
     uid = _select_series(label, groups, series)
-    vols = assemble_parts(groups[uid], label)
-    if not vols:
-        raise DicomError(f"{label}: no complete volume in series {groups[uid][0].series_number}")
-    return vols
+    return label, groups[uid]
 

@@ -28,6 +28,11 @@ PIXEL_MEASURES = (0x0028, 0x9110)
 MR_TIMING = (0x0018, 0x9112)
 MR_ECHO = (0x0018, 0x9114)
 FRAME_TYPE = (0x0018, 0x9226)
+PHILIPS_PER_FRAME = (0x2005, 0x140F)
+"""Philips private per-frame item holding classic tags (EchoNumbers among them)."""
+ECHO_NUMBERS = (0x0018, 0x0086)
+ECHO_TIMES_KEY = "_echo_times"
+"""meta key under which `enhanced_frames` returns {echo number: echo time (s)} (popped by the parser)."""
 
 
 def item(ds: Dataset | None, tag) -> Dataset | None:
@@ -124,7 +129,10 @@ def enhanced_frames(ds: Dataset, raw: np.ndarray, manufacturer: str, path: str):
     seen_positions: dict[tuple, int] = {}
     scale_info: dict = {}
     frames: list[Frame] = []
-    echo_time = None
+    tes: list[float | None] = []
+    """Per kept frame: EffectiveEchoTime (ms) from its MR Echo item (per-frame, else shared)."""
+    shared_te = _te(item(shared, MR_ECHO))
+    first_kept: Dataset | None = None
     for f, fg in enumerate(per_frame):
         if keep_magnitude_only and components[f] != "MAGNITUDE":
             continue
@@ -147,15 +155,17 @@ def enhanced_frames(ds: Dataset, raw: np.ndarray, manufacturer: str, path: str):
             sbs = _value(pm, (0x0018, 0x0088)) or _value(ds, (0x0018, 0x0088))
             st = _value(pm, (0x0018, 0x0050))
             spacing = float(sbs) if sbs not in (None, "") else (float(st) if st not in (None, "") else None)
-            me = item(fg, MR_ECHO) or item(shared, MR_ECHO)
-            te = _value(me, (0x0018, 0x9082))
-            echo_time = float(te) if te is not None else None
+        if first_kept is None:
+            first_kept = fg
+        me = item(fg, MR_ECHO)
+        te = _te(me) if me is not None else shared_te
+        tes.append(te)
         pos = np.asarray([float(x) for x in ipp], float)
         tpi = _value(fc, (0x0020, 0x9128))
         if tpi is not None:
             vol = int(tpi) - 1
         else:
-            key = tuple(np.round(pos, 3))
+            key = (te, *np.round(pos, 3))  # echoes of one slice share its position, not its volume
             vol = base_volume + seen_positions.get(key, 0)
             seen_positions[key] = seen_positions.get(key, 0) + 1
         (a, b), info = scaling.frame_params(fg, shared, manufacturer)
@@ -174,9 +184,51 @@ def enhanced_frames(ds: Dataset, raw: np.ndarray, manufacturer: str, path: str):
     tr = _value(timing, (0x0018, 0x0080)) or _value(ds, (0x0018, 0x0080))
     tr_s = float(tr) / 1000.0 if tr not in (None, "") else None
     meta: dict = dict(scale_info)
-    if echo_time is not None:
-        meta["EchoTime"] = echo_time / 1000.0
+    echo_times = _number_echoes(frames, tes, first_kept, ds)
+    if echo_times:
+        meta["EchoTime"] = echo_times[min(echo_times)]
+    meta[ECHO_TIMES_KEY] = echo_times
     fa = _value(timing, (0x0018, 0x1314))
     if fa not in (None, ""):
         meta["FlipAngle"] = float(fa)
     return frames, iop, pixel_spacing, spacing, tr_s, meta
+
+
+def _te(me: Dataset | None) -> float | None:
+    te = _value(me, (0x0018, 0x9082))
+    try:
+        return float(te) if te not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _declared_echo(fg: Dataset | None, ds: Dataset) -> int:
+    """Echo number a one-echo-time file declares: Philips per-frame private EchoNumbers, else the
+    top-level EchoNumbers, else 1."""
+    for holder in (item(fg, PHILIPS_PER_FRAME) if fg is not None else None, ds):
+        try:
+            v = _value(holder, ECHO_NUMBERS)
+            e = int(v[0] if isinstance(v, list | tuple) or type(v).__name__ == "MultiValue" else v) if v not in (None, "") else None
+        except (TypeError, ValueError, IndexError):
+            e = None
+        if e is not None and e >= 1:
+            return e
+    return 1
+
+
+def _number_echoes(frames: list[Frame], tes: list[float | None], first: Dataset | None, ds: Dataset) -> dict[int, float]:
+    """Give every frame its echo number; returns {echo number: echo time (s)}.
+
+    Several distinct echo times in one file: echo n is the n-th shortest (the order dcm2niix and
+    the scanners number echoes in). One echo time (or none): the echo number the file declares."""
+    distinct = sorted({t for t in tes if t is not None})
+    if len(distinct) > 1:
+        rank = {t: i + 1 for i, t in enumerate(distinct)}
+        for fr, t in zip(frames, tes, strict=True):
+            fr.echo = rank.get(t, 1) if t is not None else 1
+        return {rank[t]: round(t / 1000.0, 9) for t in distinct}
+    e = _declared_echo(first, ds)
+    if e != 1:
+        for fr in frames:
+            fr.echo = e
+    return {e: round(distinct[0] / 1000.0, 9)} if distinct else {}

@@ -23,7 +23,7 @@ from runtime.dicom import mosaic as _mosaic
 from runtime.dicom import scaling, slices
 from runtime.dicom.elements import value as _value
 from runtime.dicom.elements import values as _values
-from runtime.dicom.enhanced import enhanced_frames, tm_seconds
+from runtime.dicom.enhanced import ECHO_TIMES_KEY, enhanced_frames, tm_seconds
 from runtime.dicom.part import DicomPart, Frame
 from runtime.errors import DicomError, IncompleteFile
 
@@ -91,7 +91,7 @@ def _meta(ds: Dataset) -> dict:
         if isinstance(v, pydicom.valuerep.DSfloat | pydicom.valuerep.IS | int | float):
             v = float(v)
             if key in _SECONDS:
-                v /= 1000.0
+                v = round(v / 1000.0, 9)  # 38.8 ms -> 0.0388 s as written, not 0.038799999999999994
         elif isinstance(v, list | tuple | pydicom.multival.MultiValue):
             v = "\\".join(str(x) for x in v)
         else:
@@ -238,6 +238,11 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
     info_m = _mosaic.mosaic_info(ds) if part.manufacturer.upper().startswith("SIEMENS") else None
     inst = _int(ds, (0x0020, 0x0013))
     acq = _int(ds, (0x0020, 0x0012))
+    echo = echo_number(ds)
+    part.echoes = (echo,)
+    te = part.meta.get("EchoTime")
+    if isinstance(te, float):
+        part.echo_times = {echo: te}
     if info_m is not None:
         n, normal, times_ms = info_m
         part.layout = "mosaic"
@@ -254,7 +259,7 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
             normal = slice_normal(iop)
         step = normal * (spacing or 1.0)
         part.frames = [
-            Frame(vol, px[s], first + s * step, None if times_ms is None else times_ms[s] / 1000.0, part.acquisition_time)
+            Frame(vol, px[s], first + s * step, None if times_ms is None else times_ms[s] / 1000.0, part.acquisition_time, echo)
             for s in range(n)
         ]
         part.volume_indices = [vol]
@@ -265,7 +270,16 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
     vol = slices.volume_index(ds, part.manufacturer, n, part.path)
     part.slices_per_volume = n
     part.volume_indices = [vol]
-    part.frames = [Frame(vol, _scaled(raw, a, b), ipp, _slice_time(ds, part), part.acquisition_time)]
+    part.frames = [Frame(vol, _scaled(raw, a, b), ipp, _slice_time(ds, part), part.acquisition_time, echo)]
+
+
+def echo_number(ds: Dataset) -> int:
+    """EchoNumbers (0018,0086) of a classic file, 1 when absent or not a positive number.
+
+    Why: multi-echo EPI (Siemens mosaic, GE/Philips per-slice) writes one file per echo with the
+    same volume index; only the echo number tells them apart."""
+    e = _int(ds, (0x0018, 0x0086))
+    return e if e is not None and e >= 1 else 1
 
 
 def _slice_time(ds: Dataset, part: DicomPart) -> float | None:
@@ -286,13 +300,16 @@ def _fill_enhanced(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
     frames, iop, ps, spacing, tr, meta = enhanced_frames(ds, raw, part.manufacturer, part.path)
     part.layout = "enhanced"
     part.frames = frames
+    part.echo_times = meta.pop(ECHO_TIMES_KEY, {})
+    part.echoes = tuple(sorted({f.echo for f in frames})) or (1,)
     part.iop, part.pixel_spacing, part.slice_spacing = iop, ps, spacing
     if tr:
         part.tr = tr
     part.meta.update(meta)
     vols = sorted({f.volume for f in frames})
     part.volume_indices = vols
-    part.slices_per_volume = len(frames) // len(vols) if vols and len(frames) % len(vols) == 0 else None
+    groups = len(vols) * len(part.echoes)  # one group of slices per (volume, echo)
+    part.slices_per_volume = len(frames) // groups if vols and len(frames) % groups == 0 else None
     times = [f.acq_time for f in frames if f.acq_time is not None]
     if times:
         part.acquisition_time = min(times)

@@ -24,6 +24,9 @@ class Frame:
     """Slice acquisition time in seconds on some clock (only differences within a volume are used)."""
     acq_time: float | None = None
     """Seconds since midnight when this slice (or its volume) was acquired, if known."""
+    echo: int = 1
+    """1-based echo number (multi-echo series: EchoNumbers, or the rank of the frame's echo time
+    among the file's distinct echo times); slices of different echoes never share a volume."""
 
 
 @dataclass(eq=False)
@@ -55,6 +58,10 @@ class DicomPart:
     frames: list[Frame] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     """Non-identifying header facts for sidecars (EchoTime, FlipAngle, ...)."""
+    echo_times: dict[int, float] = field(default_factory=dict)
+    """Echo number -> echo time (s) for the echoes in this file, when the header has them."""
+    echoes: tuple[int, ...] = (1,)
+    """Distinct echo numbers of this file's frames, ascending."""
 
     @property
     def rows(self) -> int:

@@ -59,6 +59,10 @@ class SeriesSpec:
     n_volumes: int | None = None
     echo_time: float | None = None
     """Seconds."""
+    echo_number: int | None = None
+    """Multi-echo series: this echo's number, written as EchoNumbers (all layouts) and folded into
+    the SOP instance UIDs and file names (`_e<n>`) so that the echoes of one volume never
+    collide. None: no EchoNumbers element (single-echo files exactly as before)."""
     flip_angle: float | None = None
     series_uid: str = ""
     study_uid: str = ""
@@ -154,6 +158,8 @@ def _base(spec: SeriesSpec, sop_class: str, sop_uid: str, vol: Volume, acq_time:
         ds.RepetitionTime = _ds_str(spec.tr * 1000.0)
     if spec.echo_time:
         ds.EchoTime = _ds_str(spec.echo_time * 1000.0)
+    if spec.echo_number is not None:
+        ds.EchoNumbers = int(spec.echo_number)
     if spec.flip_angle:
         ds.FlipAngle = _ds_str(spec.flip_angle)
     if spec.n_volumes:
@@ -194,7 +200,7 @@ def volume_to_datasets(vol: Volume, spec: SeriesSpec | None = None, **kwargs) ->
     normal = step / np.linalg.norm(step) if np.linalg.norm(step) > 0 else np.cross(iop[:3], iop[3:])
     if spec.layout == "mosaic":
         spec.manufacturer = spec.manufacturer if spec.manufacturer.upper().startswith("SIEMENS") else "SIEMENS"
-        sop = generate_uid(entropy_srcs=[spec.series_uid, str(vol.index), "mosaic"])
+        sop = generate_uid(entropy_srcs=[spec.series_uid, str(vol.index), "mosaic", *_echo_src(spec)])
         ds = _base(spec, MR_IMAGE, sop, vol, acq)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
         tiles = np.stack([dicom_pixels(stored, k) for k in range(nk)])
@@ -229,7 +235,7 @@ def volume_to_datasets(vol: Volume, spec: SeriesSpec | None = None, **kwargs) ->
         return [ds]
     out = []
     for k in range(nk):
-        sop = generate_uid(entropy_srcs=[spec.series_uid, str(vol.index), str(k)])
+        sop = generate_uid(entropy_srcs=[spec.series_uid, str(vol.index), str(k), *_echo_src(spec)])
         t = acq + (times[k] if times is not None else 0.0)
         ds = _base(spec, MR_IMAGE, sop, vol, t)
         ds.Rows, ds.Columns = nj, ni
@@ -253,6 +259,10 @@ def volume_to_datasets(vol: Volume, spec: SeriesSpec | None = None, **kwargs) ->
     return out
 
 
+def _echo_src(spec: SeriesSpec) -> list[str]:
+    return [] if spec.echo_number is None else [f"echo{int(spec.echo_number)}"]
+
+
 def _item(**kw) -> Dataset:
     d = Dataset()
     for k, v in kw.items():
@@ -267,7 +277,7 @@ def enhanced_dataset(vols: list[Volume], spec: SeriesSpec) -> Dataset:
     ni, nj, nk = v0.data.shape
     iop, ps, positions, spacing, step = dicom_geometry(v0.affine, v0.shape)
     acq0 = _acq_time(v0, spec)
-    sop = generate_uid(entropy_srcs=[spec.series_uid, ",".join(str(v.index) for v in vols), "enhanced"])
+    sop = generate_uid(entropy_srcs=[spec.series_uid, ",".join(str(v.index) for v in vols), "enhanced", *_echo_src(spec)])
     ds = _base(spec, ENHANCED_MR, sop, v0, acq0)
     for tag in ("RepetitionTime", "EchoTime", "FlipAngle", "ScanningSequence", "SequenceVariant"):
         if tag in ds:
@@ -372,11 +382,12 @@ def _dcmwrite(target, ds: Dataset) -> None:
 def file_name(ds: Dataset, layout: str) -> str:
     """Scanner-like file name: Siemens RT export style for mosaics, else series_volume[_slice]."""
     series = int(ds.SeriesNumber)
+    echo = f"_e{int(ds.EchoNumbers)}" if "EchoNumbers" in ds else ""
     if layout == "mosaic":
-        return f"001_{series:06d}_{int(ds.InstanceNumber):06d}.dcm"
+        return f"001_{series:06d}_{int(ds.InstanceNumber):06d}{echo}.dcm"
     if layout == "enhanced":
-        return f"{series:03d}_{int(ds.InstanceNumber):06d}.dcm"
-    return f"{series:03d}_{int(ds.TemporalPositionIdentifier):06d}_{int(ds.InStackPositionNumber):03d}.dcm"
+        return f"{series:03d}_{int(ds.InstanceNumber):06d}{echo}.dcm"
+    return f"{series:03d}_{int(ds.TemporalPositionIdentifier):06d}_{int(ds.InStackPositionNumber):03d}{echo}.dcm"
 
 
 def write_dataset(ds: Dataset, path: str | os.PathLike, *, atomic: bool = True) -> Path:

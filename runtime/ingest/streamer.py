@@ -6,6 +6,11 @@ goes through the publisher's journal, and a ledger (`ingest_files.tsv` beside it
 files already consumed; a streamer killed with `kill -9` and started again rebuilds its state
 from both (published indices, declared gaps, followed series) and carries on, without
 re-publishing or losing a volume.
+
+Multi-echo series: one echo is published (`scanner.echo`, default the first). Files holding only
+other echoes are skipped before de-duplication (they share the selected echo's volume index, so
+they would otherwise pass for duplicates, and whichever echo arrived first would win); the
+assembler keys volumes by (series, echo, index) as well.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class StreamStats:
     ignored_files: int = 0
     incomplete_files: int = 0
     other_series_files: int = 0
+    other_echo_files: int = 0
+    """Files of a multi-echo series holding only echoes other than `scanner.echo` (skipped)."""
     restored_published: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     """Per published volume: last file parsed -> published (ms)."""
@@ -62,6 +69,7 @@ class StreamStats:
             f"published {self.published} volumes (median ingest latency {med}), gaps {len(self.gaps)}"
             f"{' ' + str(self.gaps) if self.gaps else ''}, duplicates dropped {self.duplicates}, late dropped {self.late}, "
             f"non-DICOM files ignored {self.ignored_files}, incomplete files given up {self.incomplete_files}"
+            + (f", files of other echoes skipped {self.other_echo_files}" if self.other_echo_files else "")
         )
 
 
@@ -128,7 +136,10 @@ class Streamer:
             use_events=scanner.use_file_events if use_events is None else use_events,
             settle_time=scanner.settle_time,
         )
-        self.assembler = VolumeAssembler()
+        self.echo = scanner.echo
+        self.assembler = VolumeAssembler(echo=self.echo)
+        self._echo_logged: set[str] = set()
+        self._echo_seen: dict[str, set[int]] = {}
         self._seen_sops: set[str] = set()
         self._files: dict[int, list[str]] = {}
         self._batches = 0
@@ -230,6 +241,9 @@ class Streamer:
                 self.ledger.add("other_series", None, [path])
             return
         idx = part.volume_indices
+        if part.echoes != (self.echo,) and self.echo not in part.echoes:
+            self._skip_echo(part)
+            return
         if part.sop_uid and part.sop_uid in self._seen_sops:
             self.stats.duplicates += 1
             self._log_dup("%s: duplicate of SOP instance already received (volume %s); dropped", os.path.basename(path), idx)
@@ -263,6 +277,17 @@ class Streamer:
                 self.ledger.add("late", vol.index, self._files.pop(vol.index, []))
                 continue
             self._do(seq.offer(vol, t_parsed, time.monotonic()))
+
+    def _skip_echo(self, part: DicomPart) -> None:
+        """A file holding only other echoes of a multi-echo series: skipped, counted, logged once
+        per series (never a duplicate: its volume index is the selected echo's too)."""
+        self.stats.other_echo_files += 1
+        self._echo_seen.setdefault(part.series_uid, set()).update(part.echoes)
+        if part.series_uid not in self._echo_logged:
+            self._echo_logged.add(part.series_uid)
+            log.info("series %s '%s' is multi-echo: publishing echo %d (scanner.echo); files of echo %s are skipped",
+                     part.series_number, part.series_description, self.echo, ", ".join(map(str, part.echoes)))
+        self.ledger.add("other_echo", part.volume_indices[0] if part.volume_indices else None, [part.path])
 
     def _log_dup(self, msg: str, name: str, idx: list[int]) -> None:
         """First duplicate file of a volume at INFO, the rest (other slices) at DEBUG."""
@@ -309,6 +334,10 @@ class Streamer:
         """Declare what is still missing (up to `count` volumes if known), publish what is held,
         and send the end-of-run control message."""
         self._do(self.sequencer.flush())
+        if self.stats.other_echo_files and not self.stats.published and not self.stats.restored_published:
+            seen = sorted(set().union(*self._echo_seen.values()))
+            log.warning("no file of echo %d arrived (scanner.echo); the series has echo(es) %s",
+                        self.echo, ", ".join(map(str, seen)))
         if count is not None and self.sequencer.next_index < count:
             missing = list(range(self.sequencer.next_index, count))
             self.sequencer.next_index = count

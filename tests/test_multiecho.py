@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from runtime.config import parse_config
+from runtime.config import ScannerConfig, parse_config
 from runtime.dicom import (
     VolumeAssembler,
     parse_file,
@@ -43,7 +44,9 @@ from runtime.dicom import (
 )
 from runtime.dicom.write import SeriesSpec
 from runtime.errors import ConfigError, DicomError
+from runtime.ingest import Streamer
 from runtime.messages import volume_payload
+from runtime.transport import ReliablePublisher
 
 TE = {1: 0.015, 2: 0.0388}
 """Echo times (s) of the synthetic echoes."""
@@ -413,3 +416,68 @@ def test_single_echo_convert_has_no_echo_suffix(dicom_dir: Path, tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bold.json", "bold.nii.gz"]
     side = json.loads((tmp_path / "bold.json").read_text())
     assert "EchoNumber" not in side and side["EchoTime"] == pytest.approx(0.03)
+
+
+# -- multi-echo without EchoNumbers (echo told apart by echo time only) ------------------------
+@pytest.fixture(scope="module")
+def me_no_numbers(dicom_dir: Path, tmp_path_factory) -> tuple[Path, dict[int, list[Path]]]:
+    """The Prisma mosaic as 2 echoes with different EchoTime but no EchoNumbers element (as some
+    classic exports write them): files named and UID'd per echo by hand."""
+    vols = read_series(dicom_dir / "siemens_mosaic_prisma_ep2d_asc")
+    out = tmp_path_factory.mktemp("me_no_numbers")
+    files: dict[int, list[Path]] = {1: [], 2: []}
+    for e in (1, 2):
+        spec = SeriesSpec(layout="mosaic", series_number=6, series_description="me_nonum", tr=vols[0].tr,
+                          n_volumes=len(vols), echo_time=TE[e])
+        for v in _echo_volumes(vols, e):
+            (ds,) = volume_to_datasets(v, spec)
+            assert "EchoNumbers" not in ds
+            ds.SOPInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, f"te{e}"])
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            files[e].append(write_dataset(ds, out / f"MR.{v.index + 1:04d}.te{e}.dcm", atomic=False))
+    return out, files
+
+
+def test_no_echo_numbers_offline_numbers_echoes_by_echo_time(me_no_numbers, caplog) -> None:
+    folder, _ = me_no_numbers
+    assert {parse_file(f).echoes for f in folder.glob("*.dcm")} == {(1,)}  # the files cannot tell
+    with caplog.at_level("WARNING"):
+        two = read_series(folder, echo=2)
+    assert "no EchoNumbers but 2 echo times (15, 38.8 ms)" in caplog.text
+    one = read_series(folder, echo=1)
+    assert [v.meta["EchoTime"] for v in one + two] == pytest.approx([TE[1]] * 6 + [TE[2]] * 6)
+    for a, b in zip(one, two, strict=True):
+        assert float(b.data.sum() / a.data.sum()) == pytest.approx(0.6, abs=0.01)
+
+
+def test_no_echo_numbers_streamer_follows_one_echo_time(me_no_numbers, tmp_path: Path, caplog) -> None:
+    """Online the order of echo times is unknown until all have arrived: the streamer follows the
+    echo time of the first file and skips the others, so every volume is the same echo (never
+    whichever echo of each volume came first)."""
+    _folder, files = me_no_numbers
+    order = [files[1][0], files[2][0]] + [f for k in range(1, 6) for f in ((files[2][k], files[1][k]) if k % 2 else
+                                                                          (files[1][k], files[2][k]))]
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    pub = ReliablePublisher(f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", None, stream="volumes")
+    got = []
+    streamer = Streamer(ScannerConfig(gap_timeout=20.0), watch, pub, use_events=True,
+                        on_volume=lambda _h, v: got.append(v))
+    stop = threading.Event()
+    th = threading.Thread(target=streamer.run, args=(stop,), kwargs={"count": 6}, daemon=True)
+    try:
+        with caplog.at_level("INFO"):
+            th.start()
+            time.sleep(0.3)
+            _arrive(_folder, watch, order)
+            th.join(30)
+    finally:
+        stop.set()
+        th.join(5)
+        pub.close()
+    assert [v.index for v in got] == list(range(6))
+    assert all(v.meta["EchoTime"] == pytest.approx(TE[1]) for v in got)
+    ref = read_series(files[1])
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(got, ref, strict=True))
+    assert streamer.stats.duplicates == 0 and streamer.stats.other_echo_files == 6
+    assert caplog.text.count("but no EchoNumbers") == 1 and "duplicate" not in caplog.text

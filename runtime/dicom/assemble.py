@@ -315,5 +315,31 @@ def _series_parts(folder_or_files, series: int | str | None) -> tuple[str, list[
     if not groups:
         raise DicomError(f"{label}: no usable DICOM series found ({len(files)} files looked at)")
     uid = _select_series(label, groups, series)
-    return label, groups[uid]
+    parts = groups[uid]
+    number_echoes_by_time(parts, label)
+    return label, parts
+
+
+def number_echoes_by_time(parts: list[DicomPart], label: str = "") -> bool:
+    """A series whose files all say echo 1 (or say nothing) but carry several echo times is a
+    multi-echo export without EchoNumbers (e.g. some Siemens XA classic exports): number its
+    echoes by echo time, shortest = 1, in place. Returns whether it did.
+
+    Offline only: online, the order of the echo times is not known until every echo has been
+    seen (the streamer follows one echo time instead; see runtime.ingest.streamer)."""
+    if not parts or any(p.echoes != (1,) or 1 not in p.echo_times for p in parts):
+        return False
+    times = sorted({p.echo_times[1] for p in parts})
+    if len(times) < 2:
+        return False
+    rank = {t: i + 1 for i, t in enumerate(times)}
+    for p in parts:
+        te = p.echo_times[1]
+        e = rank[te]
+        p.echoes, p.echo_times = (e,), {e: te}
+        for f in p.frames:
+            f.echo = e
+    log.warning("%s: series %s has no EchoNumbers but %d echo times (%s ms); echoes numbered by echo time",
+                label, parts[0].series_number, len(times), ", ".join(f"{t * 1000:g}" for t in times))
+    return True
 

@@ -139,6 +139,9 @@ class Streamer:
         self.echo = scanner.echo
         self.assembler = VolumeAssembler(echo=self.echo)
         self._echo_logged: set[str] = set()
+        self._echo_te: dict[str, float] = {}
+        self._te_warned: set[str] = set()
+        """Series -> echo time of the first file of the followed echo (see `_skip_echo_time`)."""
         self._echo_seen: dict[str, set[int]] = {}
         self._seen_sops: set[str] = set()
         self._files: dict[int, list[str]] = {}
@@ -244,6 +247,10 @@ class Streamer:
         if part.echoes != (self.echo,) and self.echo not in part.echoes:
             self._skip_echo(part)
             return
+        te = part.echo_times.get(self.echo)
+        if te is not None and self._echo_te.setdefault(part.series_uid, te) != te:
+            self._skip_echo_time(part, te)
+            return
         if part.sop_uid and part.sop_uid in self._seen_sops:
             self.stats.duplicates += 1
             self._log_dup("%s: duplicate of SOP instance already received (volume %s); dropped", os.path.basename(path), idx)
@@ -287,6 +294,19 @@ class Streamer:
             self._echo_logged.add(part.series_uid)
             log.info("series %s '%s' is multi-echo: publishing echo %d (scanner.echo); files of echo %s are skipped",
                      part.series_number, part.series_description, self.echo, ", ".join(map(str, part.echoes)))
+        self.ledger.add("other_echo", part.volume_indices[0] if part.volume_indices else None, [part.path])
+
+    def _skip_echo_time(self, part: DicomPart, te: float) -> None:
+        """Same echo number, another echo time: a multi-echo export without EchoNumbers. Which
+        echo time is shortest is not known until all have arrived, so the run follows the first
+        one seen, consistently, rather than whichever echo of each volume happens to come first."""
+        self.stats.other_echo_files += 1
+        if part.series_uid not in self._te_warned:
+            self._te_warned.add(part.series_uid)
+            log.warning("series %s '%s': files with echo time %g ms besides %g ms but no EchoNumbers (multi-echo "
+                        "export without echo numbers?): following %g ms, the first seen; files of other echo times "
+                        "are skipped", part.series_number, part.series_description, te * 1000,
+                        self._echo_te[part.series_uid] * 1000, self._echo_te[part.series_uid] * 1000)
         self.ledger.add("other_echo", part.volume_indices[0] if part.volume_indices else None, [part.path])
 
     def _log_dup(self, msg: str, name: str, idx: list[int]) -> None:

@@ -260,7 +260,7 @@ def absolute_paths(cfg: SessionConfig) -> SessionConfig:
         decoder=s(cfg.decoder, bundle=a(cfg.decoder.bundle), yoked_scores=a(cfg.decoder.yoked_scores)),
         endpoints=s(cfg.endpoints, curve_keys=a(cfg.endpoints.curve_keys)),
         output=s(cfg.output, root=a(cfg.output.root)),
-        train=s(cfg.train, runs=runs, roi_mask=a(cfg.train.roi_mask)),
+        train=s(cfg.train, runs=runs, roi_mask=a(cfg.train.roi_mask), roi_atlas=a(cfg.train.roi_atlas)),
     )
 
 

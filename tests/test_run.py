@@ -214,3 +214,32 @@ def test_killed_supervisor_leaves_no_orphans(base, tmp_path):
         for p in pids:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_absolute_paths_resolves_every_file_key(tmp_path):
+    """`decnef run` writes the config elsewhere for its children: every relative file must still resolve."""
+    from runtime.config import parse_config
+    from runtime.supervisor import absolute_paths
+
+    text = """
+[scanner]
+watch_dir = "in"
+[decoder]
+bundle = "b.npz"
+sham = "yoked"
+yoked_scores = "y.tsv"
+[endpoints]
+curve_keys = "keys"
+[output]
+root = "out"
+[train]
+roi_mask = "m.nii.gz"
+roi_atlas = "a.nii.gz"
+[[train.runs]]
+source = "run1"
+events = "run1.tsv"
+"""
+    cfg = absolute_paths(parse_config(text, origin="s.toml", base_dir=str(tmp_path)))
+    got = [cfg.scanner.watch_dir, cfg.decoder.bundle, cfg.decoder.yoked_scores, cfg.endpoints.curve_keys,
+           cfg.output.root, cfg.train.roi_mask, cfg.train.roi_atlas, cfg.train.runs[0].source, cfg.train.runs[0].events]
+    assert got == [str((tmp_path / p).resolve()) for p in ("in", "b.npz", "y.tsv", "keys", "out", "m.nii.gz", "a.nii.gz", "run1", "run1.tsv")]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -91,10 +92,19 @@ def _files_by_echo(folder: Path) -> dict[int, list[Path]]:
 
 @pytest.fixture(scope="module")
 def me_mosaic(dicom_dir: Path, tmp_path_factory) -> tuple[Path, dict[int, list[np.ndarray]]]:
-    """Siemens Prisma mosaic (6 volumes, 64x64x36) as a 2-echo series: one mosaic file per echo."""
+    """Siemens Prisma mosaic (6 volumes, 64x64x36) as a 2-echo series: one mosaic file per echo,
+    numbered as CMRR's multi-echo EPI numbers them: InstanceNumber counts every echo's image
+    (volume k: 2k + 1 for echo 1, 2k + 2 for echo 2), AcquisitionNumber is the volume, and
+    ImageType carries "TE1"/"TE2"."""
     vols = read_series(dicom_dir / "siemens_mosaic_prisma_ep2d_asc")
     out = tmp_path_factory.mktemp("me_mosaic")
-    return out, write_multiecho(vols, out, "mosaic", 7)
+    expected = write_multiecho(vols, out, "mosaic", 7)
+    for f in out.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        assert f"TE{int(ds.EchoNumbers)}" in ds.ImageType
+        ds.InstanceNumber = (int(ds.AcquisitionNumber) - 1) * 2 + int(ds.EchoNumbers)
+        write_dataset(ds, f, atomic=False)
+    return out, expected
 
 
 @pytest.fixture(scope="module")

@@ -246,7 +246,12 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
     if info_m is not None:
         n, normal, times_ms = info_m
         part.layout = "mosaic"
-        vol = (inst if inst is not None else acq or 1) - 1
+        if acq and (echo > 1 or _multi_echo_image_type(part.meta.get("ImageType"))):
+            # multi-echo mosaics number instances over every echo's image (CMRR: 1, 2, 3 ... for
+            # echo 1, 2, 3 of volume 0); AcquisitionNumber is the volume
+            vol = acq - 1
+        else:
+            vol = (inst if inst is not None else acq or 1) - 1
         px = _mosaic.unpack(raw, n, np.float32)  # one copy: tiles reordered into float32
         if a != 1.0:
             px *= np.float32(a)
@@ -271,6 +276,12 @@ def _fill_classic(part: DicomPart, ds: Dataset, raw: np.ndarray) -> None:
     part.slices_per_volume = n
     part.volume_indices = [vol]
     part.frames = [Frame(vol, _scaled(raw, a, b), ipp, _slice_time(ds, part), part.acquisition_time, echo)]
+
+
+def _multi_echo_image_type(image_type) -> bool:
+    """Siemens marks each echo of a multi-echo series in ImageType ("TE1", "TE2", ...), echo 1
+    included: the only sign, in an echo-1 file, that other echoes exist."""
+    return bool(image_type) and any(len(t) > 2 and t[:2] == "TE" and t[2:].isdigit() for t in image_type)
 
 
 def echo_number(ds: Dataset) -> int:

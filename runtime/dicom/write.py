@@ -60,9 +60,10 @@ class SeriesSpec:
     echo_time: float | None = None
     """Seconds."""
     echo_number: int | None = None
-    """Multi-echo series: this echo's number, written as EchoNumbers (all layouts) and folded into
-    the SOP instance UIDs and file names (`_e<n>`) so that the echoes of one volume never
-    collide. None: no EchoNumbers element (single-echo files exactly as before)."""
+    """Multi-echo series: this echo's number, written as EchoNumbers (all layouts; mosaics also
+    get Siemens' "TE<n>" in ImageType) and folded into the SOP instance UIDs and file names
+    (`_e<n>`) so that the echoes of one volume never collide. None: no EchoNumbers element
+    (single-echo files exactly as before)."""
     flip_angle: float | None = None
     series_uid: str = ""
     study_uid: str = ""
@@ -202,7 +203,7 @@ def volume_to_datasets(vol: Volume, spec: SeriesSpec | None = None, **kwargs) ->
         spec.manufacturer = spec.manufacturer if spec.manufacturer.upper().startswith("SIEMENS") else "SIEMENS"
         sop = generate_uid(entropy_srcs=[spec.series_uid, str(vol.index), "mosaic", *_echo_src(spec)])
         ds = _base(spec, MR_IMAGE, sop, vol, acq)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", *_echo_src(spec, "TE"), "ND", "MOSAIC"]
         tiles = np.stack([dicom_pixels(stored, k) for k in range(nk)])
         mos = pack(tiles)
         ds.Rows, ds.Columns = mos.shape
@@ -259,8 +260,9 @@ def volume_to_datasets(vol: Volume, spec: SeriesSpec | None = None, **kwargs) ->
     return out
 
 
-def _echo_src(spec: SeriesSpec) -> list[str]:
-    return [] if spec.echo_number is None else [f"echo{int(spec.echo_number)}"]
+def _echo_src(spec: SeriesSpec, prefix: str = "echo") -> list[str]:
+    """[] for a single-echo series, else ["<prefix><n>"] (UID entropy; Siemens ImageType "TE<n>")."""
+    return [] if spec.echo_number is None else [f"{prefix}{int(spec.echo_number)}"]
 
 
 def _item(**kw) -> Dataset:

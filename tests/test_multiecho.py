@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def _arrive(src: Path, watch: Path, order: list[Path]) -> None:
         tmp = watch / ("." + f.name + ".part")
         shutil.copyfile(f, tmp)
         os.replace(tmp, watch / f.name)
-        time.sleep(0.01)
+        time.sleep(0.03)
 
 
 def test_stream_to_listen_publishes_only_the_selected_echo(me_mosaic, me_slices, tmp_path: Path) -> None:
@@ -300,35 +301,43 @@ def test_stream_to_listen_publishes_only_the_selected_echo(me_mosaic, me_slices,
     mosaic_order = [f for pair in zip(mosaic_files[2], mosaic_files[1], strict=True) for f in pair]
     slice_order = sorted(me_slices[0].glob("*.dcm"))
     rng.shuffle(slice_order)
-    last = next(f for f in reversed(slice_order) if parse_file(f).echoes == (2,))
-    slice_order.remove(last)
-    slice_order.append(last)  # the run ends (--count) with the last volume: every echo-1 file came before
     cfg = tmp_path / "echo2.toml"
     cfg.write_text("[scanner]\necho = 2\ngap_timeout = 20.0\n")
     runs = {
         "mosaic": (me_mosaic[0], mosaic_order, 1, 6, []),
         "slices": (me_slices[0], slice_order, 2, 3, ["--config", str(cfg)]),
     }
-    procs: list[subprocess.Popen] = []
+    streamers: list[subprocess.Popen] = []
+    listeners: list[subprocess.Popen] = []
     try:
         for name, (_src, _order, _echo, n, extra) in runs.items():
             d = tmp_path / name
             d.mkdir()
             (d / "watch").mkdir()
             pub, rep = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
-            procs.append(_decnef("stream", *extra, "--watch", str(d / "watch"), "--endpoint", pub,
-                                 "--replay-endpoint", rep, "--journal", str(d / "journal"), "--count", str(n),
-                                 log=d / "stream.log"))
-            procs.append(_decnef("listen", "--endpoint", pub, "--replay-endpoint", rep, "--out", str(d / "received.tsv"),
-                                 "--count", str(n), "--timeout", "60", log=d / "listen.log"))
+            # no --count: the streamer serves replays until told to stop, so a listener that
+            # connects late still gets every volume
+            streamers.append(_decnef("stream", *extra, "--watch", str(d / "watch"), "--endpoint", pub,
+                                     "--replay-endpoint", rep, "--journal", str(d / "journal"), log=d / "stream.log"))
+            listeners.append(_decnef("listen", "--endpoint", pub, "--replay-endpoint", rep, "--out",
+                                     str(d / "received.tsv"), "--count", str(n), "--timeout", "60", log=d / "listen.log"))
         for name in runs:
-            log = tmp_path / name / "stream.log"
-            _wait_for(lambda log=log: log.exists() and "watching" in log.read_text(), 30, f"{name} streamer start")
+            for role, ready in (("stream", "watching"), ("listen", "decnef listen:")):
+                log = tmp_path / name / f"{role}.log"
+                _wait_for(lambda log=log, ready=ready: log.exists() and ready in log.read_text(), 30, f"{name} {role} start")
         for name, (src, order, _echo, _n, _extra) in runs.items():
             _arrive(src, tmp_path / name / "watch", order)
-        for p in procs:
+        for p in listeners:
             assert p.wait(90) == 0
+        for name, (_src, order, _echo, _n, _extra) in runs.items():  # every file consumed (ledger)
+            ledger, k = tmp_path / name / "journal" / "ingest_files.tsv", len(order)
+            _wait_for(lambda ledger=ledger, k=k: ledger.exists() and len(ledger.read_text().splitlines()) >= k,
+                      30, f"{name}: all files in the ledger")
+        for p in streamers:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(30) == 0
     finally:
+        procs = streamers + listeners
         for p in procs:
             if p.poll() is None:
                 p.kill()

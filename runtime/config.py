@@ -127,6 +127,14 @@ class DecoderConfig(_Section):
     sham: Literal["none", "random", "yoked"] = "none"
     yoked_scores: str = ""
     seed: int = 0
+    score: Literal["likelihood", "percentile"] = "likelihood"
+    """likelihood: E12, score = round(100·L); percentile: E13 (Demin/VTD), the decoder's linear
+    term as a percentile of a rest run (`decnef calibrate`), see runtime/percentile.py."""
+    percentile_reference: str = ""
+    """REF.json written by `decnef calibrate` (needed when score = "percentile")."""
+    percentile_range: Annotated[list[Annotated[float, Meta(ge=0, le=1)]], Meta(min_length=2, max_length=2)] = \
+        msgspec.field(default_factory=lambda: [0.3, 0.7])
+    """E13's [lo, hi]: percentile lo maps to score 0, hi to 100 (0 <= lo < hi <= 1)."""
 
 
 class DisplayConfig(_Section):
@@ -417,6 +425,11 @@ def _check_consistency(cfg: SessionConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: key 'geometry.shape': got {cfg.geometry.shape!r}; expected 3 integers")
     if cfg.decoder.sham == "yoked" and not cfg.decoder.yoked_scores:
         raise ConfigError(f"{origin}: key 'decoder.yoked_scores': expected a scores.tsv path when decoder.sham = 'yoked'")
+    d = cfg.decoder
+    if d.score == "percentile" and not d.percentile_reference:
+        raise ConfigError(f"{origin}: key 'decoder.percentile_reference': expected a REF.json path (decnef calibrate) when decoder.score = 'percentile'")
+    if not d.percentile_range[0] < d.percentile_range[1]:
+        raise ConfigError(f"{origin}: key 'decoder.percentile_range': got {d.percentile_range!r}; expected [lo, hi] with 0 <= lo < hi <= 1")
     if len(cfg.agent.p_high) != cfg.agent.n_options:
         raise ConfigError(
             f"{origin}: key 'agent.p_high': got {len(cfg.agent.p_high)} values; expected agent.n_options = {cfg.agent.n_options}"

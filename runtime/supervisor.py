@@ -257,7 +257,8 @@ def absolute_paths(cfg: SessionConfig) -> SessionConfig:
     return s(
         cfg,
         scanner=s(cfg.scanner, watch_dir=a(cfg.scanner.watch_dir)),
-        decoder=s(cfg.decoder, bundle=a(cfg.decoder.bundle), yoked_scores=a(cfg.decoder.yoked_scores)),
+        decoder=s(cfg.decoder, bundle=a(cfg.decoder.bundle), yoked_scores=a(cfg.decoder.yoked_scores),
+                  percentile_reference=a(cfg.decoder.percentile_reference)),
         endpoints=s(cfg.endpoints, curve_keys=a(cfg.endpoints.curve_keys)),
         output=s(cfg.output, root=a(cfg.output.root)),
         train=s(cfg.train, runs=runs, roi_mask=a(cfg.train.roi_mask), roi_atlas=a(cfg.train.roi_atlas)),

@@ -228,6 +228,8 @@ watch_dir = "in"
 bundle = "b.npz"
 sham = "yoked"
 yoked_scores = "y.tsv"
+score = "percentile"
+percentile_reference = "ref.json"
 [endpoints]
 curve_keys = "keys"
 [output]
@@ -240,6 +242,8 @@ source = "run1"
 events = "run1.tsv"
 """
     cfg = absolute_paths(parse_config(text, origin="s.toml", base_dir=str(tmp_path)))
-    got = [cfg.scanner.watch_dir, cfg.decoder.bundle, cfg.decoder.yoked_scores, cfg.endpoints.curve_keys,
-           cfg.output.root, cfg.train.roi_mask, cfg.train.roi_atlas, cfg.train.runs[0].source, cfg.train.runs[0].events]
-    assert got == [str((tmp_path / p).resolve()) for p in ("in", "b.npz", "y.tsv", "keys", "out", "m.nii.gz", "a.nii.gz", "run1", "run1.tsv")]
+    got = [cfg.scanner.watch_dir, cfg.decoder.bundle, cfg.decoder.yoked_scores, cfg.decoder.percentile_reference,
+           cfg.endpoints.curve_keys, cfg.output.root, cfg.train.roi_mask, cfg.train.roi_atlas, cfg.train.runs[0].source,
+           cfg.train.runs[0].events]
+    assert got == [str((tmp_path / p).resolve()) for p in ("in", "b.npz", "y.tsv", "ref.json", "keys", "out", "m.nii.gz",
+                                                           "a.nii.gz", "run1", "run1.tsv")]

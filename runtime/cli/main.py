@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "replay": "replay a DICOM series or 4D NIfTI into a folder at the TR, with optional faults",
     "realign": "realign a 4D NIfTI volume by volume exactly as online; write motion parameters",
     "train": "build a decoder bundle from localizer runs with the online feature path",
+    "calibrate": "percentile reference (E13) for a decoder bundle from a resting-state run",
     "engine": "the online engine: volumes in, DecNef scores out",
     "display": "PsychoPy feedback display locked to scanner triggers",
     "agent": "the co-adaptive agent driving a stimulator within hard safety limits",

@@ -141,7 +141,13 @@ class EngineCore:
         self.bundle = bundle
         self.table = table if table is not None else build_table(cfg.protocol)
         yoked = cfg.path(cfg.decoder.yoked_scores) if cfg.decoder.yoked_scores else None
-        self.scorer = scorer if scorer is not None else Scorer(cfg.decoder, yoked_path=yoked)
+        if scorer is None:
+            from runtime.percentile import load_reference
+
+            scorer = Scorer(cfg.decoder, yoked_path=yoked, reference=load_reference(cfg, bundle))
+        self.scorer = scorer
+        self.trial_linear: dict[int, float] = {}
+        """Percentile scoring: the decoder's linear term u each trial was scored from."""
         self.session_id = session_id or f"sub-{cfg.session.subject}_ses-{cfg.session.session}"
         self.run = cfg.session.run
         self.voxels = np.ascontiguousarray(np.asarray(bundle.voxels).reshape(-1, 3), dtype=np.int64)
@@ -396,7 +402,13 @@ class EngineCore:
             flags_extra = ["nan_features"]
         else:
             flags_extra = []
-        outcome = self.scorer.score(trial.number, likelihood)
+        linear = None
+        if likelihood is not None and self.scorer.percentile:
+            from runtime.percentile import linear_term
+
+            linear = linear_term(self.bundle, feat)
+            self.trial_linear[trial.number] = linear
+        outcome = self.scorer.score(trial.number, likelihood, linear)
         flags = list(outcome.flags)
         if feat is None and not self.features.baseline_ready:
             flags.append("no_baseline")

@@ -78,6 +78,9 @@ def load_decoder(cfg: SessionConfig) -> tuple[Any, Path]:
         import dataclasses
 
         b = dataclasses.replace(b, target_class=target)
+    from runtime.percentile import load_reference
+
+    load_reference(cfg, b)  # decoder.score = "percentile": refuse a reference made for another bundle
     return b, path
 
 
@@ -179,6 +182,7 @@ class Engine:
                                         bundle_sha256=fsha or getattr(bundle, "sha256", None),
                                         extra={"decoder_content_sha256": getattr(bundle, "sha256", None),
                                                "restart": self.summary.restarted,
+                                               **self._reference_provenance(),
                                                "resumed_after_seq": self.recovered.last_seq})
             self._output_root = output_root
             self.warmup_ms = self.core.warmup() + self._warm_wire()
@@ -187,6 +191,15 @@ class Engine:
             raise
         self._headers: dict[int, VolumeHeader] = {}
         self.finished = False
+
+    def _reference_provenance(self) -> dict[str, Any]:
+        """decoder.score = "percentile": the reference file and its SHA-256, like the bundle's."""
+        d = self.cfg.decoder
+        if d.score != "percentile" or not d.percentile_reference:
+            return {}
+        path = self.cfg.path(d.percentile_reference)
+        return {"percentile_reference": str(path),
+                "percentile_reference_sha256": file_sha256(path) if path.is_file() else None}
 
     def _warm_wire(self) -> float:
         """Encode/decode each message kind once (msgspec builds its codecs on first use)."""

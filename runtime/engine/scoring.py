@@ -1,4 +1,5 @@
-"""Likelihood -> the score the participant sees (METHOD.md E12), including sham modes.
+"""Likelihood -> the score the participant sees (METHOD.md E12), including sham modes; or, with
+decoder.score = "percentile", the decoder's linear term -> E13 (runtime/percentile.py).
 
 Why a separate module: the score rule is what a clinical-trial protocol names (direction of
 the group, sham control), so it is kept in one small place, deterministic and restart-safe:
@@ -16,6 +17,7 @@ import numpy as np
 
 from runtime.config import DecoderConfig
 from runtime.errors import ConfigError
+from runtime.percentile import PercentileReference, percentile_score
 
 SHAM_MEAN = 50.0
 SHAM_SD = 30.3
@@ -61,8 +63,14 @@ class ScoreOutcome:
 class Scorer:
     """Turns a trial's likelihood (or its absence) into the displayed score and flags."""
 
-    def __init__(self, cfg: DecoderConfig, *, yoked_path: Path | None = None) -> None:
+    def __init__(self, cfg: DecoderConfig, *, yoked_path: Path | None = None,
+                 reference: PercentileReference | None = None) -> None:
         self.direction = cfg.direction
+        self.reference = reference if cfg.score == "percentile" else None
+        """Percentile scoring (E13) when set; the engine loads it checked against its bundle."""
+        if cfg.score == "percentile" and reference is None:
+            raise ConfigError("key 'decoder.percentile_reference': decoder.score = 'percentile' needs a calibrated reference")
+        self.lo, self.hi = (float(v) for v in cfg.percentile_range)
         self.sham = cfg.sham
         self.seed = cfg.seed
         self.yoked: dict[int, int | None] = {}
@@ -71,9 +79,14 @@ class Scorer:
                 raise ConfigError("key 'decoder.yoked_scores': expected a scores.tsv path when decoder.sham = 'yoked'")
             self.yoked = read_yoked_scores(yoked_path)
 
-    def score(self, trial: int, likelihood: float | None) -> ScoreOutcome:
+    @property
+    def percentile(self) -> bool:
+        return self.reference is not None
+
+    def score(self, trial: int, likelihood: float | None, linear: float | None = None) -> ScoreOutcome:
         """`likelihood` None = no valid scan / no baseline: no feedback (also in sham modes, so
-        a participant's motion has the same consequence in every arm)."""
+        a participant's motion has the same consequence in every arm). `linear` = the decoder's
+        linear term u, used (instead of the likelihood) in percentile mode."""
         if likelihood is None or not math.isfinite(likelihood):
             if self.sham == "yoked":
                 return ScoreOutcome(None, ("no_feedback", "sham_yoked"))
@@ -85,4 +98,9 @@ class Scorer:
             if s is None:
                 return ScoreOutcome(None, ("no_feedback", "sham_yoked"))
             return ScoreOutcome(int(np.clip(s, 0, 100)), ("sham_yoked",))
+        if self.reference is not None:
+            if linear is None or not math.isfinite(linear):
+                return ScoreOutcome(None, ("no_feedback",))
+            r = self.reference
+            return ScoreOutcome(percentile_score(linear, r.m, r.s, self.lo, self.hi, self.direction), ("percentile",))
         return ScoreOutcome(score_from_likelihood(likelihood, self.direction), ())

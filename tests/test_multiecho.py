@@ -291,6 +291,7 @@ def _arrive(src: Path, watch: Path, order: list[Path]) -> None:
         time.sleep(0.03)
 
 
+@pytest.mark.slow
 def test_stream_to_listen_publishes_only_the_selected_echo(me_mosaic, me_slices, tmp_path: Path) -> None:
     """Two runs side by side: the mosaic series with the default echo (1), every volume's echo-2
     file arriving first; the per-slice series with `scanner.echo = 2` from a config file, echoes

@@ -289,3 +289,42 @@ def test_calibrate_cli_on_a_nifti(setup, tmp_path):
         p = cli(*args)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
         assert "Traceback" not in p.stderr
+
+
+def test_engine_process_writes_percentile_scores_and_the_reference_sha256(setup, tmp_path):
+    """The engine role (real ZeroMQ publisher, real files): scores.tsv carries the percentile
+    scores and the provenance the reference file's sha256, next to the bundle's."""
+    import time
+
+    from test_engine_data import endpoints_toml
+
+    from runtime.config import load_config
+    from runtime.engine.process import Engine
+    from runtime.messages import volume_header, volume_payload
+    from runtime.outputs import file_sha256, read_tsv, session_file
+
+    (tmp_path / "b.npz").write_bytes((setup.dir / "b.npz").read_bytes())
+    write_reference(setup.ref, tmp_path / "ref.json")
+    (tmp_path / "s.toml").write_text(PROTOCOL + '\n[decoder]\nbundle = "b.npz"\nscore = "percentile"\n'
+                                     'percentile_reference = "ref.json"\n[output]\nroot = "out"\nsave_volumes = false\n'
+                                     + endpoints_toml())
+    cfg = load_config(tmp_path / "s.toml")
+    engine = Engine(cfg, log=lambda s: None)
+    try:
+        for i in range(len(setup.data)):
+            v = Volume(data=setup.data[i], affine=setup.affine, index=i, tr=2.0)
+            h = volume_header(v, t_file_complete=time.time())
+            h.seq = i
+            engine.handle(h, volume_payload(v).tobytes())
+    finally:
+        engine.close()
+    rows = read_tsv(engine.files.scores)
+    assert [int(r["trial"]) for r in rows] == list(range(1, 15))
+    for r in rows:
+        u = engine.core.trial_linear[int(r["trial"])]
+        assert r["flags"] == "percentile" and float(r["score"]) == e13(u, setup.ref.m, setup.ref.s)
+    prov = json.loads(session_file(cfg, "provenance.json").read_text())
+    entry = prov["runs"][-1]
+    assert entry["percentile_reference"] == str(tmp_path / "ref.json")
+    assert entry["percentile_reference_sha256"] == file_sha256(tmp_path / "ref.json")
+    assert entry["decoder_sha256"] == file_sha256(tmp_path / "b.npz")

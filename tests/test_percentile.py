@@ -328,3 +328,45 @@ def test_engine_process_writes_percentile_scores_and_the_reference_sha256(setup,
     assert entry["percentile_reference"] == str(tmp_path / "ref.json")
     assert entry["percentile_reference_sha256"] == file_sha256(tmp_path / "ref.json")
     assert entry["decoder_sha256"] == file_sha256(tmp_path / "b.npz")
+
+
+def test_online_u_equals_the_calibration_window_u(setup):
+    """Each trial's window is one of the calibration's sliding windows (same calc offset): the
+    engine's u for it equals the calibration's u for it (one feature path)."""
+    core, res, end = run_core(pct_config(setup.dir), setup.bundle, setup.data, setup.affine)
+    by_start = {w.window.start: k for k, w in enumerate(setup.cal.windows)}
+    table = build_table(parse_config(PROTOCOL).protocol)
+    for t in table.trials:
+        assert core.trial_linear[t.number] == pytest.approx(setup.cal.u[by_start[t.window.start]], abs=1e-9)
+
+
+def test_connectivity_bundle_calibrates_and_scores(setup, tmp_path):
+    """A hand-made FC bundle (u = 4·atanh r between two ROIs of the real run) through the same
+    calibration and engine: the trial u equals the calibration window u, scores are E13."""
+    from test_engine_connectivity import four_roi_atlas
+
+    from decoders.bundle import DecoderBundle, load_bundle, save_bundle
+
+    template = setup.data[0].astype(np.float32)
+    atlas = four_roi_atlas(template)
+    v0, v1 = np.argwhere(atlas == 1), np.argwhere(atlas == 2)
+    b = DecoderBundle(weights=np.array([[4.0]]), intercept=np.zeros(1), classes=["down", "up"], target_class="up",
+                      voxels=np.concatenate([v0, v1]).astype(np.int64), grid_shape=template.shape,
+                      grid_affine=setup.affine, template=template, feature_mean=np.zeros(1), feature_scale=np.ones(1),
+                      feature={"features": "connectivity"}, metrics={}, kind="connectivity",
+                      extra={"pairs": np.array([[0, 1]]), "voxel_roi": np.repeat([0, 1], [len(v0), len(v1)]),
+                             "fisher_z": True})
+    save_bundle(b, tmp_path / "fc.npz")
+    b = load_bundle(tmp_path / "fc.npz")
+    vols = [Volume(data=setup.data[i], affine=setup.affine, index=i, tr=2.0) for i in range(len(setup.data))]
+    cal = calibrate(parse_config(PROTOCOL), b, vols, source="studyforrest (as rest)")
+    ref = cal.reference
+    assert ref.n_windows == 92 and ref.s > 0 and ref.bundle_sha256 == b.sha256
+    write_reference(ref, tmp_path / "ref.json")
+    core, res, end = run_core(pct_config(tmp_path), b, setup.data, setup.affine)
+    by_start = {w.window.start: k for k, w in enumerate(cal.windows)}
+    for t, h in scores_of(res, end).items():
+        u = core.trial_linear[t]
+        assert u == pytest.approx(4.0 * core.trial_features[t][0], abs=1e-12)  # the feature is already atanh r
+        assert u == pytest.approx(cal.u[by_start[core.table.trials[t - 1].window.start]], abs=1e-9)
+        assert h.flags == "percentile" and h.score == e13(u, ref.m, ref.s)

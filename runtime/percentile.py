@@ -13,8 +13,14 @@ code as `decnef train`, `runtime.train.extract.extract_run`), then `runtime.feat
 (progressive detrend or REGRESS, baseline z-score over the protocol's baseline scans) over
 windows as long as the protocol's trial score window, one starting at every scan after the
 baseline, each computed at its own "calc scan" (same offset from the window end as in the
-protocol), NG scans left out. The reference file records the bundle's content SHA-256, and the
-engine refuses a reference made for another bundle.
+protocol), NG scans left out; connectivity bundles go through `run_connectivity` and the bundle's
+pair correlations instead, exactly as the engine scores them. The reference file records the
+bundle's content SHA-256 and target class, and the engine refuses (one line, also in
+`decnef run --check`) a reference made for another bundle, class or window length.
+
+E13's [0.3, 0.7] maps only u within ±0.52 reference SD of m to 1..99: trials far outside the
+rest distribution (e.g. stimulation blocks when the reference run mixes task and rest) still sit
+at 0/100; `decoder.percentile_range` widens the band.
 
 Linear term u (`linear_term`): binary logistic bundles: wᵀx̃ (negated when the target class is
 the first class, so u always grows with P(target)); two-class softmax bundles: the target row's

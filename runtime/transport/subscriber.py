@@ -160,7 +160,11 @@ class ReliableSubscriber:
             info = msgspec.json.decode(frames[2].bytes, type=_Info)
             _, start, end = self._req
             self._req = None
-            if self._epoch is not None and info.epoch != self._epoch:
+            # A new epoch, or (when no earlier answer told us the epoch, e.g. every message came
+            # live before the old publisher died) a publisher whose last seq is below what we had
+            # received before asking (`start` - 1; live messages after the ask may be newer than
+            # this answer, so next_seq is not the measure): restarted.
+            if (self._epoch is not None and info.epoch != self._epoch) or info.last < start - 1:
                 log.warning("publisher of %s restarted without its journal: sequence restarts at %d", self.pub_endpoint, info.first)
                 self._pending.clear()
                 self.next_seq = info.first

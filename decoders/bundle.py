@@ -28,6 +28,10 @@ LINKS = ("logistic", "softmax", "ovr")
 _ARRAYS = ("weights", "intercept", "voxels", "grid_affine", "template", "feature_mean",
            "feature_scale", "voxel_means")
 _EXTRA_PREFIX = "extra__"
+NUISANCE_KEYS = {"wm": "nuisance_wm_voxels", "csf": "nuisance_csf_voxels"}
+"""Optional extra arrays: (n, 3) template-grid voxels of white matter / CSF whose mean signals
+join ATR REGRESS's nuisance set (E8; written by `decnef train`, read by the engine). Bundles
+without them score as before (motion + global signal only)."""
 
 
 class BundleError(ValueError):
@@ -171,6 +175,7 @@ class DecoderBundle:
             raise BundleError(f"feature_mean/feature_scale must have shape ({n_feat},), got {self.feature_mean.shape}/{self.feature_scale.shape}")
         if not np.all(np.isfinite(self.feature_mean)) or not np.all(np.isfinite(self.feature_scale) & (self.feature_scale != 0)):
             raise BundleError("feature_mean must be finite and feature_scale finite and non-zero")
+        self._check_nuisance_voxels()
         if self.voxel_means is None:
             i, j, k = self.voxels.T
             self.voxel_means = self.template[i, j, k].astype(np.float64)
@@ -182,6 +187,19 @@ class DecoderBundle:
             raise BundleError(f"extra['link'] {link!r} does not fit weights with {rows} rows")
         if not isinstance(self.feature, dict) or not isinstance(self.metrics, dict):
             raise BundleError("feature and metrics must be dicts")
+
+    def _check_nuisance_voxels(self) -> None:
+        """extra's WM/CSF voxel lists, when present: non-empty (n, 3) ints inside the grid."""
+        for tissue, key in NUISANCE_KEYS.items():
+            if key not in self.extra:
+                continue
+            a = np.asarray(self.extra[key])
+            if a.ndim != 2 or a.shape[1] != 3 or len(a) == 0 or not np.issubdtype(a.dtype, np.integer):
+                raise BundleError(f"extra['{key}'] must be a non-empty (n, 3) integer array of {tissue.upper()} voxels, "
+                                  f"got {a.dtype} {a.shape}")
+            if a.min() < 0 or np.any(a.max(axis=0) >= np.array(self.grid_shape)):
+                raise BundleError(f"extra['{key}'] holds {tissue.upper()} voxel indices outside the grid {self.grid_shape}")
+            self.extra[key] = a.astype(np.int64)
 
     def _check_rois(self, pairs: np.ndarray, voxel_roi: np.ndarray) -> None:
         """Connectivity: every ROI index 0..n_rois-1 has a voxel and every pair joins two of them."""

@@ -117,6 +117,12 @@ class QualityConfig(_Section):
 class DenoiseConfig(_Section):
     method: Literal["detrend", "regress", "none"] = "detrend"
     regress_scans: Annotated[int, Meta(ge=5)] = 20
+    wm_mask: str = ""
+    """method = "regress": white-matter mask (NIfTI probability/binary image on the bundle's template
+    grid, or any grid: resampled nearest-neighbour) for a bundle without WM voxels, e.g. an ATR
+    import; thresholded at 0.9 and eroded 1 voxel (runtime/nuisance.py). Overrides the bundle's."""
+    csf_mask: str = ""
+    """method = "regress": CSF mask, as wm_mask (thresholded at 0.9, not eroded)."""
 
 
 class DecoderConfig(_Section):
@@ -254,6 +260,11 @@ class TrainConfig(_Section):
     runs: list[TrainRun] = []
     roi_mask: str = ""
     """NIfTI mask on any grid (resampled to the template grid); empty = automatic brain mask."""
+    wm_mask: str = ""
+    """White-matter probability/binary NIfTI from the anatomical segmentation (any grid): kept > 0.9,
+    eroded 1 voxel on the template grid, stored in the bundle as REGRESS's WM signal (E8)."""
+    csf_mask: str = ""
+    """CSF probability/binary NIfTI (any grid): kept > 0.9, stored in the bundle (E8's CSF signal)."""
     classes: list[str] = []
     """trial_type values to decode; a class may merge several with '+' (e.g. "face+body")."""
     rest_class: str = ""

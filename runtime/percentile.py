@@ -209,7 +209,8 @@ def calibrate(cfg: SessionConfig, bundle: Any, volumes: list, *, source: str = "
                         f"need >= {MIN_WINDOWS}")
     tr = float(volumes[0].tr) if getattr(volumes[0], "tr", 0) else cfg.protocol.tr
     rv = extract_run(cfg, volumes, template=np.asarray(bundle.template), grid_affine=np.asarray(bundle.grid_affine),
-                     voxels=np.asarray(bundle.voxels), baseline=table.baseline, tr=tr, log=log)
+                     voxels=np.asarray(bundle.voxels), baseline=table.baseline, tr=tr, log=log,
+                     extra=getattr(bundle, "extra", None))
     d = cfg.denoise
     u = np.full(len(windows), np.nan)
     if getattr(bundle, "kind", "linear") == "connectivity":

@@ -261,7 +261,9 @@ def absolute_paths(cfg: SessionConfig) -> SessionConfig:
                   percentile_reference=a(cfg.decoder.percentile_reference)),
         endpoints=s(cfg.endpoints, curve_keys=a(cfg.endpoints.curve_keys)),
         output=s(cfg.output, root=a(cfg.output.root)),
-        train=s(cfg.train, runs=runs, roi_mask=a(cfg.train.roi_mask), roi_atlas=a(cfg.train.roi_atlas)),
+        denoise=s(cfg.denoise, wm_mask=a(cfg.denoise.wm_mask), csf_mask=a(cfg.denoise.csf_mask)),
+        train=s(cfg.train, runs=runs, roi_mask=a(cfg.train.roi_mask), roi_atlas=a(cfg.train.roi_atlas),
+                wm_mask=a(cfg.train.wm_mask), csf_mask=a(cfg.train.csf_mask)),
     )
 
 

@@ -234,9 +234,14 @@ percentile_reference = "ref.json"
 curve_keys = "keys"
 [output]
 root = "out"
+[denoise]
+wm_mask = "dw.nii.gz"
+csf_mask = "dc.nii.gz"
 [train]
 roi_mask = "m.nii.gz"
 roi_atlas = "a.nii.gz"
+wm_mask = "tw.nii.gz"
+csf_mask = "tc.nii.gz"
 [[train.runs]]
 source = "run1"
 events = "run1.tsv"
@@ -244,6 +249,7 @@ events = "run1.tsv"
     cfg = absolute_paths(parse_config(text, origin="s.toml", base_dir=str(tmp_path)))
     got = [cfg.scanner.watch_dir, cfg.decoder.bundle, cfg.decoder.yoked_scores, cfg.decoder.percentile_reference,
            cfg.endpoints.curve_keys, cfg.output.root, cfg.train.roi_mask, cfg.train.roi_atlas, cfg.train.runs[0].source,
-           cfg.train.runs[0].events]
+           cfg.train.runs[0].events, cfg.denoise.wm_mask, cfg.denoise.csf_mask, cfg.train.wm_mask, cfg.train.csf_mask]
     assert got == [str((tmp_path / p).resolve()) for p in ("in", "b.npz", "y.tsv", "ref.json", "keys", "out", "m.nii.gz",
-                                                           "a.nii.gz", "run1", "run1.tsv")]
+                                                           "a.nii.gz", "run1", "run1.tsv", "dw.nii.gz", "dc.nii.gz",
+                                                           "tw.nii.gz", "tc.nii.gz")]

@@ -3,8 +3,8 @@
 For every volume, in index order (the streamer has already ordered them; gaps are declared in
 `gap_before` or seen as index jumps):
 
-    discard? → realign to the reference → reslice only the decoder voxels (+ a global-signal
-    sample for REGRESS) → quality gates (FD, template correlation, NaN) → FeatureState →
+    discard? → realign to the reference → reslice only the decoder voxels (+ global-signal, WM
+    and CSF samples for REGRESS, runtime.nuisance) → quality gates (FD, template correlation, NaN) → FeatureState →
     at a trial's calc scan: window feature → bundle.likelihood → Scorer → score
 
 and it returns what the process around it must publish and write (`VolumeResult`). A trial
@@ -50,6 +50,13 @@ def brain_voxels(template: np.ndarray, max_voxels: int = MAX_GS_VOXELS) -> np.nd
     if len(ijk) > max_voxels:
         ijk = ijk[:: int(math.ceil(len(ijk) / max_voxels))]
     return np.ascontiguousarray(ijk, dtype=np.int64)
+
+
+def tissue_mean(values: np.ndarray) -> float:
+    """Mean (float64) of a tissue's resliced values that stayed in the field of view; NaN if none."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    return float(v[ok].mean()) if ok.any() else float("nan")
 
 
 def sample_roi(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray, grid_shape: tuple[int, ...],
@@ -158,7 +165,24 @@ class EngineCore:
         self.order = 3 if cfg.realign.interp == "cubic" else 1
         self.regress = cfg.denoise.method == "regress"
         self.gs_voxels = brain_voxels(self.template) if self.regress else None
-        self.n_nuisance = 7 if self.regress else 0
+        self.tissue_voxels: dict[str, np.ndarray] = {}
+        """REGRESS: WM/CSF template-grid voxels (runtime.nuisance; config masks, else the bundle's)."""
+        if self.regress:
+            from runtime.errors import ConfigError
+            from runtime.nuisance import engine_tissue_voxels, min_regress_scans
+
+            self.tissue_voxels = engine_tissue_voxels(cfg, bundle, self.grid_shape, self.grid_affine)
+            need = min_regress_scans(7 + len(self.tissue_voxels))
+            if self.tissue_voxels and cfg.denoise.regress_scans < need:
+                raise ConfigError(f"key 'denoise.regress_scans': {cfg.denoise.regress_scans} scans cannot hold motion, GS, "
+                                  f"{' and '.join(t.upper() for t in self.tissue_voxels)} with their differences; need >= {need}")
+        self.n_nuisance = 7 + len(self.tissue_voxels) if self.regress else 0
+        """Nuisance values per volume: 6 motion params, global signal, then WM, CSF if known (E8;
+        FeatureState adds their first differences)."""
+        self._nuis_voxels = None if self.gs_voxels is None else np.ascontiguousarray(
+            np.concatenate([self.gs_voxels, *self.tissue_voxels.values()]), dtype=np.int64)
+        self._nuis_split = np.cumsum([len(self.gs_voxels) if self.gs_voxels is not None else 0]
+                                     + [len(v) for v in self.tissue_voxels.values()])[:-1]
         self.fc = getattr(bundle, "kind", "linear") == "connectivity"
         """Connectivity bundle (FCNef): voxel values → ROI means → window correlations."""
         self.features: FeatureState
@@ -292,10 +316,12 @@ class EngineCore:
             values = sample_roi(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine, self.voxels,
                                 order=self.order)
             nuisance = None
-            if self.gs_voxels is not None:
-                gs = reslice(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine, voxels=self.gs_voxels,
-                             order=self.order)
-                nuisance = np.concatenate([params, [float(np.nanmean(gs)) if np.isfinite(gs).any() else np.nan]])
+            if self._nuis_voxels is not None:
+                sampled = reslice(vol.data, vol.affine, matrix, self.grid_shape, self.grid_affine,
+                                  voxels=self._nuis_voxels, order=self.order)
+                gs, *tissues = np.split(sampled, self._nuis_split)
+                nuisance = np.concatenate([params, [float(np.nanmean(gs)) if np.isfinite(gs).any() else np.nan],
+                                           [tissue_mean(v) for v in tissues]])
             t2 = time.perf_counter()
             res.t_realigned = time.time()
             fd = 0.0 if self.prev_params is None else float(qc.framewise_displacement(self.prev_params, params))

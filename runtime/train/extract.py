@@ -30,7 +30,7 @@ class RunValues:
     valid: np.ndarray
     """(n_scans,) scans the engine would use (not NG, not missing, not discarded)."""
     nuisance: np.ndarray | None
-    """(n_scans, 7) motion params + global signal (denoise = regress only)."""
+    """(n_scans, 7 + tissues) motion params, global signal, WM/CSF means if given (denoise = regress only)."""
     params: np.ndarray
     """(n_scans, 6) realignment parameters (NaN where not processed)."""
     fd: np.ndarray
@@ -80,31 +80,34 @@ def load_volumes(path: Path, origin: str) -> list[Volume]:
     return sorted(vols, key=lambda v: v.index)
 
 
-def resample_mask(path: Path, grid_shape: tuple[int, int, int], grid_affine: np.ndarray) -> np.ndarray:
-    """A NIfTI mask on any grid → boolean mask on the template grid (nearest neighbour)."""
+def resample_mask(path: Path, grid_shape: tuple[int, int, int], grid_affine: np.ndarray, *,
+                  threshold: float = 0.5, what: str = "ROI mask", key: str = "train.roi_mask") -> np.ndarray:
+    """A NIfTI mask on any grid → boolean mask on the template grid (nearest neighbour): a
+    template voxel is in the mask when the source voxel nearest to its centre is > `threshold`
+    (0.5 for binary masks; tissue probability maps use a stricter one, runtime.nuisance)."""
     import nibabel as nib
 
     if not path.is_file():
-        raise UserError(f"{path}: ROI mask not found (key 'train.roi_mask')")
+        raise UserError(f"{path}: {what} not found (key '{key}')")
     try:
         img = nib.load(str(path))
         m = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for a bad file
-        raise UserError(f"{path}: cannot read ROI mask as NIfTI: {exc}") from None
+        raise UserError(f"{path}: cannot read {what} as NIfTI: {exc} (key '{key}')") from None
     if m.ndim == 4 and m.shape[3] == 1:
         m = m[..., 0]
     if m.ndim != 3:
-        raise UserError(f"{path}: ROI mask must be 3-D, got shape {m.shape} (key 'train.roi_mask')")
+        raise UserError(f"{path}: {what} must be 3-D, got shape {m.shape} (key '{key}')")
     ijk = np.indices(grid_shape, dtype=np.float64).reshape(3, -1)
     vox = np.linalg.inv(img.affine) @ np.asarray(grid_affine, np.float64)
     src = np.rint(vox[:3, :3] @ ijk + vox[:3, 3:4]).astype(np.int64)
     inside = np.all((src >= 0) & (src < np.array(m.shape)[:, None]), axis=0)
     out = np.zeros(ijk.shape[1], dtype=bool)
     sel = src[:, inside]
-    out[inside] = np.nan_to_num(m[sel[0], sel[1], sel[2]].astype(np.float64)) > 0.5
+    out[inside] = np.nan_to_num(m[sel[0], sel[1], sel[2]].astype(np.float64)) > threshold
     mask = out.reshape(grid_shape)
     if not mask.any():
-        raise UserError(f"{path}: ROI mask has no voxel inside the template grid (check its affine; key 'train.roi_mask')")
+        raise UserError(f"{path}: {what} has no voxel inside the template grid with a value > {threshold:g} (check its affine and values; key '{key}')")
     return mask
 
 
@@ -137,9 +140,11 @@ def extract_run(
     baseline: range,
     tr: float,
     log: Callable[[str], None] | None = None,
+    extra: dict | None = None,
 ) -> RunValues:
     """Feed a run through a fresh `EngineCore` (as the online engine would see it, volume by
-    volume) and collect what it hands its feature state."""
+    volume) and collect what it hands its feature state. `extra`: the bundle's extra entries the
+    engine reads besides the voxels (REGRESS's WM/CSF voxel lists, runtime.nuisance)."""
     from runtime.engine.core import EngineCore
     from runtime.engine.scoring import Scorer
 
@@ -149,6 +154,7 @@ def extract_run(
         grid_affine=np.asarray(grid_affine, np.float64),
         template=np.ascontiguousarray(template, np.float32),
         likelihood=lambda feat: 0.5,
+        extra=dict(extra or {}),
     )
     table = ProtocolTable(rows=(), trials=(), baseline=baseline, tr=tr)
     core = EngineCore(training_config(cfg, baseline.start), bundle, table=table, scorer=Scorer(DecoderConfig()))

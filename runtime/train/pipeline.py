@@ -187,6 +187,7 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
         log(f"automatic brain mask: {int(mask.sum())} voxels" + (f" (top {t.n_voxels} kept per fold)" if t.n_voxels else ""))
     if rois is None:
         voxels = np.argwhere(mask).astype(np.int64)
+    tissue_extra = _tissue_extra(cfg, template.shape, grid_affine, log)
 
     # 3. realign + features, per run
     runs: list[RunData] = []
@@ -203,7 +204,7 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
         blocks = blocks_from_events(events, classes_spec, t.rest_class, tr, delay, n_scans)
         samples = [s for s in samples_from_blocks(blocks, i, t.window_scans, base.stop) if s.calc_scan < n_scans]
         rv = extract_run(cfg, vols, template=template, grid_affine=grid_affine, voxels=voxels, baseline=base, tr=tr,
-                         log=lambda m, i=i: log(f"run {i + 1}: {m}"))
+                         log=lambda m, i=i: log(f"run {i + 1}: {m}"), extra=tissue_extra)
         t0 = time.perf_counter()
         windows = None
         if rois is not None:  # FC: the engine's ConnectivityState; a sample needs a defined correlation
@@ -322,10 +323,16 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
                              "confusion": cv["confusion"], "n_samples": cv["n_samples"],
                              "first_test_scan": {str(k): v for k, v in cuts.items()}}
     feature = _feature_definition(cfg, runs, delay)
+    if tissue_extra:
+        from runtime.nuisance import EXTRA_KEYS, TISSUE_THRESHOLD, TISSUES, WM_EROSION
+
+        feature["nuisance"] = ["motion6", "gs"] + [t for t in TISSUES if EXTRA_KEYS[t] in tissue_extra]  # + differences
+        feature["nuisance_masks"] = {"threshold": TISSUE_THRESHOLD, "wm_erosion_voxels": WM_EROSION}
     if rois is not None:
-        bundle = _make_bundle(est, voxels, template, grid_affine, feature, report, classes[0], extra=fcm.bundle_extra(rois))
+        bundle = _make_bundle(est, voxels, template, grid_affine, feature, report, classes[0],
+                              extra=fcm.bundle_extra(rois) | tissue_extra)
     else:
-        bundle = _make_bundle(est, voxels[sel], template, grid_affine, feature, report, classes[0])
+        bundle = _make_bundle(est, voxels[sel], template, grid_affine, feature, report, classes[0], extra=tissue_extra or None)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     from decoders.bundle import save_bundle
 
@@ -337,6 +344,22 @@ def train(cfg: SessionConfig, output: str | Path | None = None, *, log: Log = pr
     report_path.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     log(f"wrote {out_path} (sha256 {sha[:12]}) and {report_path} in {report['elapsed_s']} s")
     return TrainResult(out_path, report_path, report, bundle, [r.samples[j] for r, j in keep], bundle_features)
+
+
+def _tissue_extra(cfg: SessionConfig, grid_shape: tuple[int, ...], grid_affine: np.ndarray, log: Log) -> dict:
+    """`[train] wm_mask` / `csf_mask` → the bundle's WM/CSF voxel lists (runtime.nuisance): the
+    engine's REGRESS uses them for this training's features and, from the bundle, online."""
+    from runtime.nuisance import bundle_extra, config_tissue_voxels
+
+    for t in ("wm", "csf"):
+        if getattr(cfg.train, f"{t}_mask") and getattr(cfg.denoise, f"{t}_mask"):
+            raise UserError(f"keys 'train.{t}_mask' and 'denoise.{t}_mask': give the {t.upper()} mask once "
+                            f"(train.{t}_mask is stored in the bundle)")
+    tissues = config_tissue_voxels(cfg, "train", grid_shape, grid_affine)
+    for t, v in tissues.items():
+        log(f"{t.upper()} mask {getattr(cfg.train, f'{t}_mask')}: {len(v)} voxels on the template grid"
+            + ("" if cfg.denoise.method == "regress" else " (stored; used when denoise.method = \"regress\")"))
+    return bundle_extra(tissues)
 
 
 def _features_for_bundle(cfg: SessionConfig, runs: list[RunData], keep: list, sel: np.ndarray, voxels: np.ndarray,

@@ -18,6 +18,7 @@ engine would pay for). A 1000-volume run reports engine RSS and per-100-volume m
 show memory and time stay flat.
 
     python benchmarks/latency.py [--quick] [--real-volumes 30] [--fast-volumes 200] [--long 1000]
+    python benchmarks/latency.py --sizes 64x64x36 --real-volumes 0 --long 0 --denoise regress,regress+masks
 
 Goals (64x64x36): processed p50 <= 15 ms, p99 <= 40 ms.
 """
@@ -111,13 +112,31 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def denoise_toml(variant: str, phantom, workdir: Path) -> str:
+    """[denoise] for a --denoise variant: detrend (default), regress (6 motion + GS and their
+    differences), regress+masks (+ WM and CSF means: masks cut from the phantom's anatomy)."""
+    if variant == "detrend":
+        return ""
+    text = '[denoise]\nmethod = "regress"\nregress_scans = 30\n'
+    if variant == "regress+masks":
+        import nibabel as nib
+
+        a = phantom.anatomy
+        for name, m in (("wm", phantom.brain_mask & (np.abs(a - phantom.WM) < 60)),
+                        ("csf", phantom.brain_mask & (a > phantom.CSF - 100))):
+            nib.save(nib.Nifti1Image(m.astype(np.float32), phantom.affine), str(workdir / f"{name}.nii.gz"))
+            text += f'{name}_mask = "{workdir / f"{name}.nii.gz"}"\n'
+    return text
+
+
 def run_config(name: str, vols: list[Volume], bundle: Path, n_scans: int, interval: float, workdir: Path,
-               *, save_volumes: bool = True, sample_rss: bool = False) -> dict:
+               *, save_volumes: bool = True, sample_rss: bool = False, extra_toml: str = "") -> dict:
     ports = [free_port() for _ in range(4)]
     cfg_text = protocol_toml(n_scans, 2.0) + (
         "[endpoints]\n" + "".join(f'{k} = "tcp://127.0.0.1:{p}"\n' for k, p in
                                   zip(["volumes", "volumes_replay", "scores", "scores_replay"], ports, strict=True))
-        + f'[decoder]\nbundle = "{bundle}"\n[output]\nroot = "out_{name}"\nsave_volumes = {"true" if save_volumes else "false"}\n')
+        + f'[decoder]\nbundle = "{bundle}"\n[output]\nroot = "out_{name}"\nsave_volumes = {"true" if save_volumes else "false"}\n'
+        + extra_toml)
     cfg_path = workdir / f"{name}.toml"
     cfg_path.write_text(cfg_text)
     cfg = load_config(cfg_path)
@@ -203,6 +222,8 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=1000, help="volumes of the flatness run (64x64x36, 20x speed)")
     ap.add_argument("--quick", action="store_true", help="12 volumes at TR, 60 at 10x, 300 long")
     ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--denoise", default="detrend",
+                    help="comma list of detrend, regress, regress+masks (REGRESS with WM/CSF means); each is run")
     args = ap.parse_args()
     for n in (args.real_volumes, args.fast_volumes, args.long):
         if 0 < n < 22:
@@ -219,24 +240,28 @@ def main() -> None:
             bundle = work / f"{size}.npz"
             make_bundle(vols, ph, bundle)
             print(f"# {size}: {N_UNIQUE} phantom volumes + bundle in {time.perf_counter() - t0:.1f} s", flush=True)
-            for label, n, interval in ((f"{size} TR 2s", args.real_volumes, 2.0), (f"{size} 10x", args.fast_volumes, 0.2)):
-                if n <= 0:
-                    continue
-                r = run_config(label.replace(" ", "_"), vols, bundle, n, interval, work)
-                r["config"] = label
-                results.append(r)
-                print(json.dumps(r), flush=True)
+            for variant in args.denoise.split(","):
+                tag = "" if variant == "detrend" else f" {variant}"
+                for label, n, interval in ((f"{size} TR 2s{tag}", args.real_volumes, 2.0),
+                                           (f"{size} 10x{tag}", args.fast_volumes, 0.2)):
+                    if n <= 0:
+                        continue
+                    r = run_config(label.replace(" ", "_").replace("+", "_"), vols, bundle, n, interval, work,
+                                   extra_toml=denoise_toml(variant, ph, work))
+                    r["config"] = label
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
             if size == "64x64x36" and args.long > 0:
                 r = run_config("long", vols, bundle, args.long, 0.1, work, save_volumes=True, sample_rss=True)
                 r["config"] = f"{size} x{args.long} 20x"
                 results.append(r)
                 print(json.dumps(r), flush=True)
     print()
-    hdr = (f"{'configuration':<24}{'vols':>6}{'proc p50':>10}{'p99':>8}{'first':>8}{'score pub p50':>15}{'p99':>8}"
+    hdr = (f"{'configuration':<34}{'vols':>6}{'proc p50':>10}{'p99':>8}{'first':>8}{'score pub p50':>15}{'p99':>8}"
            f"{'recv p50':>10}{'p99':>8}   stages p50 (ms): realign reslice qc feat score publish decode")
     print(hdr)
     for r in results:
-        print(f"{r['config']:<24}{r['volumes']:>6}{r['processed_p50_ms']:>10.1f}{r['processed_p99_ms']:>8.1f}"
+        print(f"{r['config']:<34}{r['volumes']:>6}{r['processed_p50_ms']:>10.1f}{r['processed_p99_ms']:>8.1f}"
               f"{r['first_kept_ms']:>8.1f}{r['score_published_p50_ms']:>15.1f}{r['score_published_p99_ms']:>8.1f}"
               f"{r['score_received_p50_ms']:>10.1f}{r['score_received_p99_ms']:>8.1f}   "
               + " ".join(f"{r[k]:.2f}" for k in ("realign_p50_ms", "reslice_p50_ms", "qc_p50_ms", "features_p50_ms",

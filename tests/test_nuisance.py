@@ -382,3 +382,41 @@ def test_bundle_with_bad_nuisance_voxels_is_refused(bundle, tmp_path):
     with pytest.raises(BundleError) as e:
         load_bundle(tmp_path / "bad.npz")
     assert "\n" not in str(e.value) and "bad.npz" in str(e.value) and "outside the grid" in str(e.value)
+
+
+def test_decnef_train_stores_the_masks_and_its_features_equal_the_engine(forrest, masks, tmp_path):
+    """`decnef train` with REGRESS and [train] wm_mask / csf_mask: the bundle holds the WM/CSF
+    voxel lists, and the features it was trained on equal what the engine computes from that
+    bundle alone (no [denoise] masks), sample by sample."""
+    from test_engine_data import roi_voxels
+    from test_train_features import _online_features
+
+    from runtime.train import train
+    from runtime.volume import Volume
+
+    data, affine = forrest
+    d, exp_wm, exp_csf = masks
+    roi = np.zeros(data.shape[1:], np.uint8)
+    roi[tuple(roi_voxels(data[0], 300).T)] = 1
+    nib.save(nib.Nifti1Image(roi, affine), str(tmp_path / "roi.nii.gz"))
+    onsets = [12, 36, 60, 84, 108, 132, 156, 180]
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n" + "".join(
+        f"{o}\t16\t{'a' if k // 2 % 2 == 0 else 'b'}\n" for k, o in enumerate(onsets)))
+    cfg = parse_config(
+        '[denoise]\nmethod = "regress"\nregress_scans = 30\n[train]\n'
+        'runs = [{ source = "run.nii.gz", events = "events.tsv" }]\nroi_mask = "roi.nii.gz"\n'
+        f'wm_mask = "{d / "wm.nii.gz"}"\ncsf_mask = "{d / "csf.nii.gz"}"\nclasses = ["a", "b"]\n'
+        'estimator = "l2"\nsplit = "blocks"\nmax_folds = 2\nn_permutations = 0\nwindow_scans = 3\n',
+        origin="train.toml", base_dir=str(tmp_path))
+    vols = [Volume(data=data[i], affine=affine, index=i, tr=2.0) for i in range(len(data))]
+    lines: list[str] = []
+    res = train(cfg, tmp_path / "b.npz", log=lines.append, preloaded={cfg.path("run.nii.gz"): vols})
+    b = load_bundle(res.bundle_path)
+    assert np.array_equal(b.extra[EXTRA_KEYS["wm"]], exp_wm) and np.array_equal(b.extra[EXTRA_KEYS["csf"]], exp_csf)
+    assert b.feature["nuisance"] == ["motion6", "gs", "wm", "csf"] and b.feature["denoise"] == "regress"
+    assert any(ln.startswith(f"WM mask {d / 'wm.nii.gz'}: {len(exp_wm)} voxels") for ln in lines)
+    base = range(0, 6)  # the scans before the first event
+    online, _ = _online_features(parse_config(REGRESS, origin="run.toml"), b, res.samples, base, vols)
+    assert online.shape == res.features.shape
+    assert np.abs(np.nan_to_num(online) - res.features).max() < 1e-10
+

@@ -99,6 +99,21 @@ def engine_tissue_voxels(cfg: Any, bundle: Any, grid_shape: tuple[int, ...], gri
     return out
 
 
+def session_tissue_voxels(cfg: Any, bundle: Any, grid_shape: tuple[int, ...], grid_affine: np.ndarray) -> dict[str, np.ndarray]:
+    """`engine_tissue_voxels` for a REGRESS session (empty otherwise), refusing a window too short
+    for the columns they add (the regression would always fall back to a trend): ConfigError."""
+    if cfg.denoise.method != "regress":
+        return {}
+    from runtime.errors import ConfigError
+
+    tissues = engine_tissue_voxels(cfg, bundle, grid_shape, grid_affine)
+    need = min_regress_scans(7 + len(tissues))
+    if tissues and cfg.denoise.regress_scans < need:
+        raise ConfigError(f"key 'denoise.regress_scans': {cfg.denoise.regress_scans} scans cannot hold motion, GS, "
+                          f"{' and '.join(t.upper() for t in tissues)} with their differences; need >= {need}")
+    return tissues
+
+
 def min_regress_scans(n_columns: int) -> int:
     """Scans a REGRESS window needs to use `n_columns` nuisance columns (each with its first
     difference) plus the constant and still keep MIN_RESIDUAL_DOF scans of residual."""

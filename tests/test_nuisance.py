@@ -420,3 +420,18 @@ def test_decnef_train_stores_the_masks_and_its_features_equal_the_engine(forrest
     assert online.shape == res.features.shape
     assert np.abs(np.nan_to_num(online) - res.features).max() < 1e-10
 
+
+
+def test_run_check_reports_the_nuisance_set_and_refuses_a_missing_mask(bundle, masks, tmp_path):
+    """`decnef run --check` (check_session) loads the masks before any process starts."""
+    from runtime.cli.cmd_run import check_session
+
+    d, exp_wm, exp_csf = masks
+    save_bundle(bundle, tmp_path / "b.npz")
+    lines: list[str] = []
+    check_session(cfg_with(d, f'[decoder]\nbundle = "{tmp_path / "b.npz"}"\n'), "s.toml", log=lines.append)
+    assert f"denoise OK: regress on motion, GS, WM ({len(thin(exp_wm))} voxels), CSF ({len(thin(exp_csf))} voxels) " \
+           "and their differences over 30 scans" in lines
+    bad = parse_config(TEXT + REGRESS + f'csf_mask = "{tmp_path / "c.nii"}"\n[decoder]\nbundle = "{tmp_path / "b.npz"}"\n')
+    with pytest.raises(UserError, match=r"CSF mask not found \(key 'denoise.csf_mask'\)"):
+        check_session(bad, "s.toml", log=lines.append)

@@ -43,6 +43,9 @@ def check_session(cfg, origin: str, log=print):
         raise ConfigError(f"{origin}: key 'geometry.shape': {list(cfg.geometry.shape)} but the bundle {path.name} grid is {list(shape)}")
     if cfg.decoder.target_class and cfg.decoder.target_class not in [str(c) for c in getattr(bundle, "classes", [])]:
         raise ConfigError(f"{origin}: key 'decoder.target_class': {cfg.decoder.target_class!r} not in the bundle's classes")
+    from runtime.nuisance import session_tissue_voxels
+
+    tissues = session_tissue_voxels(cfg, bundle, shape, bundle.grid_affine)  # REGRESS's WM/CSF masks, early
     dur = table.n_scans * table.tr
     log(f"config OK: {origin}  (sub-{cfg.session.subject} ses-{cfg.session.session} run {cfg.session.run})")
     log(f"protocol OK: {table.n_scans} scans ({dur:.0f} s at TR {table.tr:g} s), {len(table.trials)} trials, "
@@ -52,6 +55,9 @@ def check_session(cfg, origin: str, log=print):
     m = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k in ("cv_accuracy", "cv_auc", "permutation_p"))
     log(f"bundle OK: {path}  {n_vox} voxels on a {'x'.join(map(str, shape))} grid, classes {list(getattr(bundle, 'classes', []))}"
         + (f", {m}" if m else ""))
+    if cfg.denoise.method == "regress":
+        log("denoise OK: regress on motion, GS" + "".join(f", {t.upper()} ({len(v)} voxels)" for t, v in tissues.items())
+            + f" and their differences over {cfg.denoise.regress_scans} scans")
     return table, bundle
 
 

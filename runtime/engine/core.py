@@ -168,14 +168,9 @@ class EngineCore:
         self.tissue_voxels: dict[str, np.ndarray] = {}
         """REGRESS: WM/CSF template-grid voxels (runtime.nuisance; config masks, else the bundle's)."""
         if self.regress:
-            from runtime.errors import ConfigError
-            from runtime.nuisance import engine_tissue_voxels, min_regress_scans
+            from runtime.nuisance import session_tissue_voxels
 
-            self.tissue_voxels = engine_tissue_voxels(cfg, bundle, self.grid_shape, self.grid_affine)
-            need = min_regress_scans(7 + len(self.tissue_voxels))
-            if self.tissue_voxels and cfg.denoise.regress_scans < need:
-                raise ConfigError(f"key 'denoise.regress_scans': {cfg.denoise.regress_scans} scans cannot hold motion, GS, "
-                                  f"{' and '.join(t.upper() for t in self.tissue_voxels)} with their differences; need >= {need}")
+            self.tissue_voxels = session_tissue_voxels(cfg, bundle, self.grid_shape, self.grid_affine)
         self.n_nuisance = 7 + len(self.tissue_voxels) if self.regress else 0
         """Nuisance values per volume: 6 motion params, global signal, then WM, CSF if known (E8;
         FeatureState adds their first differences)."""

@@ -227,7 +227,7 @@ class RoiSpool:
         if self.path.exists() and self.path.stat().st_size >= len(head):
             with open(self.path, "rb") as fh:
                 if fh.read(len(head)) != head:
-                    raise ValueError(f"{self.path}: ROI spool of another decoder or denoising (voxel or nuisance count differs)")
+                    raise ValueError(f"{self.path}: ROI spool of another decoder or denoising (voxel count or nuisance columns differ)")
             size = self.path.stat().st_size
             whole = len(head) + (size - len(head)) // self.record * self.record
             if whole != size:

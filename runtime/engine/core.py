@@ -4,8 +4,9 @@ For every volume, in index order (the streamer has already ordered them; gaps ar
 `gap_before` or seen as index jumps):
 
     discard? → realign to the reference → reslice only the decoder voxels (+ global-signal, WM
-    and CSF samples for REGRESS, runtime.nuisance) → quality gates (FD, template correlation, NaN) → FeatureState →
-    at a trial's calc scan: window feature → bundle.likelihood → Scorer → score
+    and CSF samples for REGRESS, runtime.nuisance) → quality gates (FD, template correlation,
+    NaN) → FeatureState → at a trial's calc scan: window feature → bundle.likelihood → Scorer →
+    score
 
 and it returns what the process around it must publish and write (`VolumeResult`). A trial
 whose calc scan never arrives is scored *before* the next volume is added (flag "late"), which

@@ -50,3 +50,17 @@ def studyforrest_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def haxby_dir(shared_data: Path) -> Path:
     return shared_data / "task_bold" / "haxby2001_pymvpa_1slice"
+
+
+@pytest.fixture(scope="session")
+def forrest(studyforrest_dir: Path, request, tmp_path_factory):
+    """(data (N, 80, 80, 35), affine) of the studyforrest run's first volumes, read once per
+    session (and kept in pytest's cache between sessions) for the engine-level tests."""
+    from test_engine_data import forrest_arrays
+
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
+    data, affine = forrest_arrays(studyforrest_dir, folder)
+    data.setflags(write=False)  # shared by every module: a test that writes into it fails loudly
+    affine.setflags(write=False)
+    return data, affine

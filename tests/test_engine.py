@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_engine_data import PROTOCOL, forrest_arrays, roi_voxels, stim_labels
+from test_engine_data import PROTOCOL, roi_voxels, stim_labels
 
 from runtime.config import parse_config
 from runtime.engine.core import EngineCore, sample_roi
@@ -19,13 +19,6 @@ from runtime.errors import ConfigError
 from runtime.features import TrialWindow, run_features
 from runtime.protocol import build_table
 from runtime.volume import Volume
-
-
-@pytest.fixture(scope="module")
-def forrest(studyforrest_dir, request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
-    return forrest_arrays(studyforrest_dir, folder)
 
 
 def make_bundle(data: np.ndarray, affine: np.ndarray, *, n_voxels: int = 1500):

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from test_engine_data import PROTOCOL, forrest_arrays
+from test_engine_data import PROTOCOL
 
 from decoders.bundle import (
     BundleError,
@@ -64,13 +64,6 @@ fisher_z = true
 
 
 # -- real data: fixtures -------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def forrest(studyforrest_dir, request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
-    return forrest_arrays(studyforrest_dir, folder)
-
 
 def four_roi_atlas(template: np.ndarray) -> np.ndarray:
     """Labels 1-4: the brain mask of slices 12-21 split into quadrants (labels 1..4)."""

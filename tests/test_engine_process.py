@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from test_engine import make_bundle, run_core, scores_of
-from test_engine_data import PROTOCOL, endpoints_toml, forrest_arrays
+from test_engine_data import PROTOCOL, endpoints_toml
 
 from runtime.config import config_sha256, load_config, parse_config
 from runtime.engine.process import run_engine
@@ -35,13 +35,6 @@ from runtime.transport import ReliablePublisher, ReliableSubscriber
 from runtime.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def forrest(studyforrest_dir, request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
-    return forrest_arrays(studyforrest_dir, folder)
 
 
 @pytest.fixture(scope="module")

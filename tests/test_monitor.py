@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from test_engine import config, make_bundle, run_core
-from test_engine_data import PROTOCOL, endpoints_toml, forrest_arrays
+from test_engine_data import PROTOCOL, endpoints_toml
 
 from runtime.messages import EventHeader, ScoreHeader, TelemetryHeader
 from runtime.monitor import ALARM, MonitorLimits, RunMonitor
@@ -78,13 +78,6 @@ def test_display_and_agent_events():
     assert _alarms(m.handle(EventHeader(name="device_ack", data={"trial": 2, "state": "refused", "detail": "ISI"}), now=0.0))
     f = m.figures()
     assert (f["triggers"], f["missed_triggers"]) == (2, 2)
-
-
-@pytest.fixture(scope="module")
-def forrest(studyforrest_dir, request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
-    return forrest_arrays(studyforrest_dir, folder)
 
 
 def _wait_for(proc: subprocess.Popen, text: str, lines: list[str], timeout: float = 60.0) -> None:

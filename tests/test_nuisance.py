@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from test_engine import make_bundle, run_core, scores_of
-from test_engine_data import PROTOCOL, forrest_arrays
+from test_engine_data import PROTOCOL
 
 from decoders.bundle import BundleError, load_bundle, save_bundle
 from runtime.config import parse_config
@@ -33,13 +33,6 @@ OLD_REGRESS_LIKELIHOODS = {1: 0.7524754508625661, 2: 0.7735706431562958, 3: 0.73
                            4: 0.5996882667945278, 5: 0.4951121259898461}
 """test_engine.py::test_regress_denoise_matches_offline's scores (motion + GS only), measured
 before WM/CSF existed: a bundle without tissue voxels must still give exactly these."""
-
-
-@pytest.fixture(scope="module")
-def forrest(studyforrest_dir, request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
-    return forrest_arrays(studyforrest_dir, folder)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from test_engine import make_bundle, run_core, scores_of
-from test_engine_data import forrest_arrays
 
 from runtime.config import parse_config
 from runtime.engine.core import EngineCore
@@ -69,13 +68,6 @@ def e13(u: float, m: float, s: float, lo: float = 0.3, hi: float = 0.7) -> int:
 def auc(pos, neg) -> float:
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
     return float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
-
-
-@pytest.fixture(scope="module")
-def forrest(studyforrest_dir, request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("decnef_engine") if cache is not None else tmp_path_factory.mktemp("forrest")
-    return forrest_arrays(studyforrest_dir, folder)
 
 
 @pytest.fixture(scope="module")

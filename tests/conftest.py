@@ -9,6 +9,8 @@ nothing.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,15 +28,37 @@ def _find_shared_data() -> Path | None:
     return None
 
 
+def _unavailable(msg: str) -> None:
+    """A missing prerequisite: skipped on a developer's machine, a failure in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     found = _find_shared_data()
     if found is None:
-        msg = "real test data not found: expected ../shared/data beside the repo or $DECNEF_SHARED_DATA"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        _unavailable("real test data not found: expected ../shared/data beside the repo or $DECNEF_SHARED_DATA")
     return found
+
+
+@pytest.fixture(scope="session")
+def dcm2niix():
+    """`dcm2niix(src, out_dir, *flags)`: run the reference converter (uncompressed, files named
+    `ref*`) into out_dir; the tests compare `decnef convert` with what it writes."""
+    exe = shutil.which("dcm2niix")
+    if exe is None:
+        _unavailable("dcm2niix not installed (pip install dcm2niix)")
+
+    def run(src: Path, out_dir: Path, *flags: str) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([exe, "-z", "n", *flags, "-f", "ref", "-o", str(out_dir), str(src)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return out_dir
+
+    return run
 
 
 @pytest.fixture(scope="session")

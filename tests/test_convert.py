@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,17 +21,8 @@ def _decnef(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _dcm2niix(src: Path, out_dir: Path) -> nib.Nifti1Image:
-    exe = shutil.which("dcm2niix")
-    if exe is None:
-        msg = "dcm2niix not installed (pip install dcm2niix)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([exe, "-z", "n", "-f", "ref", "-o", str(out_dir), str(src)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return nib.load(out_dir / "ref.nii")
+def _dcm2niix(dcm2niix, src: Path, out_dir: Path) -> nib.Nifti1Image:
+    return nib.load(dcm2niix(src, out_dir) / "ref.nii")
 
 
 def _same_as_dcm2niix(ours: nib.Nifti1Image, ref: nib.Nifti1Image) -> None:
@@ -73,18 +62,18 @@ def test_convert_studyforrest(studyforrest_converted):
     assert "Jane" not in sidecar_path(out).read_text()
 
 
-def test_convert_studyforrest_equals_dcm2niix(studyforrest_converted, studyforrest_dir, tmp_path):
+def test_convert_studyforrest_equals_dcm2niix(studyforrest_converted, studyforrest_dir, tmp_path, dcm2niix):
     out, r = studyforrest_converted
     assert r.returncode == 0, r.stderr
-    _same_as_dcm2niix(nib.load(out), _dcm2niix(studyforrest_dir / "dicoms", tmp_path))
+    _same_as_dcm2niix(nib.load(out), _dcm2niix(dcm2niix, studyforrest_dir / "dicoms", tmp_path))
 
 
 @pytest.mark.parametrize("name", ["siemens_mosaic_skyra_rtcloud_faces", "siemens_enhanced_xa30_bold"])
-def test_convert_siemens_equals_dcm2niix(dicom_dir, tmp_path, name):
+def test_convert_siemens_equals_dcm2niix(dicom_dir, tmp_path, name, dcm2niix):
     out = tmp_path / "ours.nii"
     r = _decnef("convert", str(dicom_dir / name), str(out))
     assert r.returncode == 0, r.stderr
-    ref = _dcm2niix(dicom_dir / name, tmp_path / "d2n")
+    ref = _dcm2niix(dcm2niix, dicom_dir / name, tmp_path / "d2n")
     _same_as_dcm2niix(nib.load(out), ref)
     ours_side = json.loads(sidecar_path(out).read_text())
     ref_side = json.loads((tmp_path / "d2n" / "ref.json").read_text())

@@ -375,23 +375,10 @@ def test_bad_echo_is_a_one_line_config_error(tmp_path: Path) -> None:
 
 
 # -- decnef convert next to dcm2niix -----------------------------------------------------------
-def _dcm2niix(src: Path, out: Path) -> None:
-    exe = shutil.which("dcm2niix")
-    if exe is None:
-        msg = "dcm2niix not installed (pip install dcm2niix)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    out.mkdir(parents=True)
-    r = subprocess.run([exe, "-z", "n", "-b", "y", "-f", "ref", "-o", str(out), str(src)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-
-
 @pytest.mark.parametrize("fixture", ["me_mosaic", "me_slices"])
-def test_convert_names_and_sidecars_match_dcm2niix(fixture: str, request, tmp_path: Path) -> None:
+def test_convert_names_and_sidecars_match_dcm2niix(fixture: str, request, tmp_path: Path, dcm2niix) -> None:
     folder, _ = request.getfixturevalue(fixture)
-    _dcm2niix(folder, tmp_path / "d2n")
+    dcm2niix(folder, tmp_path / "d2n", "-b", "y")
     ref_names = sorted(p.name for p in (tmp_path / "d2n").glob("*.nii"))
     assert ref_names == ["ref_e1.nii", "ref_e2.nii"]  # dcm2niix: _e<n> on every echo of a multi-echo series
     r = subprocess.run([sys.executable, "-m", "runtime.cli.main", "convert", str(folder), str(tmp_path / "ours" / "ref.nii")],
